@@ -1,0 +1,277 @@
+//! The command kernel: load an aggregate (snapshot plus the tail of its
+//! stream), run its pure `decide`, append the events with the loaded version
+//! as the expected version, and on a conflict reload and decide again, a
+//! bounded number of times.
+//!
+//! It owns no rule: what a command means is the aggregate's business.
+
+use std::sync::Arc;
+
+use charter_domain::{Aggregate, ErrorClass, ErrorCode};
+use chrono::Utc;
+
+use crate::{
+    CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, Snapshot, StoreError, StreamId,
+    StreamVersion,
+};
+
+/// How many events one stream read asks for.
+const LOAD_BATCH: usize = 1000;
+
+/// A command failed: the domain said no, or the store could not do it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError<R> {
+    #[error(transparent)]
+    Rejected(R),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<R: ErrorCode> ErrorCode for CommandError<R> {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Rejected(r) => r.code(),
+            Self::Store(e) => e.code(),
+        }
+    }
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Rejected(r) => r.class(),
+            Self::Store(e) => e.class(),
+        }
+    }
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome<E> {
+    pub stream_id: StreamId,
+    /// The events the command appended (or appended the first time, for a
+    /// repeated command id). Empty when the command changed nothing.
+    pub events: Vec<E>,
+    /// The stream's version after the command.
+    pub stream_version: StreamVersion,
+    /// The global position of the last appended event; readers that reach
+    /// it see the command's effect.
+    pub position: Option<Position>,
+    /// True when this command id had already been handled.
+    pub duplicate: bool,
+}
+
+/// An aggregate as loaded from the store.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: StreamVersion,
+}
+
+/// Runs commands against aggregates kept in an [`EventStore`].
+#[derive(Clone)]
+pub struct CommandHandler {
+    store: Arc<dyn EventStore>,
+    snapshot_every: u64,
+    max_attempts: u32,
+}
+
+impl CommandHandler {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            snapshot_every: 100,
+            max_attempts: 5,
+        }
+    }
+
+    /// Saves a snapshot each time a stream passes a multiple of `every`
+    /// events (0 turns snapshots off).
+    pub fn with_snapshot_every(mut self, every: u64) -> Self {
+        self.snapshot_every = every;
+        self
+    }
+
+    /// How many times a command is decided before a conflict is returned.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Loads the current state: the latest usable snapshot plus the events
+    /// after it. A snapshot that no longer deserializes is ignored.
+    pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<Loaded<A>, StoreError> {
+        let stream = StreamId::for_aggregate::<A>(id)?;
+        self.load_stream(&stream).await
+    }
+
+    async fn load_stream<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
+        let (mut state, mut version) = match self.store.load_snapshot(stream).await? {
+            Some(snapshot) if snapshot.aggregate_type == A::KIND => {
+                match serde_json::from_value::<A>(snapshot.state) {
+                    Ok(state) => (state, snapshot.version),
+                    Err(error) => {
+                        tracing::warn!(%stream, %error, "ignoring a snapshot that no longer fits");
+                        (A::default(), StreamVersion(0))
+                    }
+                }
+            }
+            _ => (A::default(), StreamVersion(0)),
+        };
+        loop {
+            let events = match self.store.read_stream(stream, version, LOAD_BATCH).await {
+                Ok(events) => events,
+                Err(StoreError::StreamNotFound(_)) if version == StreamVersion(0) => Vec::new(),
+                Err(error) => return Err(error),
+            };
+            for recorded in &events {
+                let event: A::Event = recorded.to_domain()?;
+                state.evolve(&event);
+                version = recorded.version;
+            }
+            if events.len() < LOAD_BATCH {
+                return Ok(Loaded { state, version });
+            }
+        }
+    }
+
+    /// Handles one command against the aggregate `id`.
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(
+            org = %meta.org,
+            aggregate = A::KIND,
+            id = %id,
+            command_id = %meta.command_id,
+            correlation_id = %meta.correlation_id,
+            causation_id = %meta.causation(),
+        )
+    )]
+    pub async fn handle<A: Aggregate>(
+        &self,
+        id: &A::Id,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
+        let stream = StreamId::for_aggregate::<A>(id)?;
+        let mut meta = meta.clone();
+        meta.aggregate_type = A::KIND.to_owned();
+        if let Some(first) = self.store.command_outcome(meta.command_id).await? {
+            return self.replay_outcome::<A>(&stream, &meta, first).await;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Loaded { mut state, version } = self.load_stream::<A>(&stream).await?;
+            let events = state.decide(command).map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(CommandOutcome {
+                    stream_id: stream,
+                    events,
+                    stream_version: version,
+                    position: None,
+                    duplicate: false,
+                });
+            }
+            let new_events = events
+                .iter()
+                .map(NewEvent::from_domain)
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = if version == StreamVersion(0) {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(version)
+            };
+            match self
+                .store
+                .append(&stream, expected, &new_events, &meta)
+                .await
+            {
+                Ok(outcome) if outcome.duplicate => {
+                    return self.replay_outcome::<A>(&stream, &meta, outcome).await;
+                }
+                Ok(outcome) => {
+                    for event in &events {
+                        state.evolve(event);
+                    }
+                    self.maybe_snapshot::<A>(&stream, version, outcome.last_version, &state)
+                        .await;
+                    return Ok(CommandOutcome {
+                        stream_id: stream,
+                        events,
+                        stream_version: outcome.last_version,
+                        position: Some(outcome.last_position),
+                        duplicate: false,
+                    });
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) if attempt < self.max_attempts => {
+                    tracing::debug!(attempt, "conflict; reloading and deciding again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The outcome of an earlier handling of the same command id.
+    async fn replay_outcome<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        meta: &CommandMeta,
+        first: crate::AppendOutcome,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
+        if first.stream_id != *stream {
+            return Err(StoreError::CommandIdReused {
+                command_id: meta.command_id,
+                stream: first.stream_id,
+            }
+            .into());
+        }
+        let count = (first.last_version.0 - first.first_version.0 + 1) as usize;
+        let recorded = self
+            .store
+            .read_stream(stream, StreamVersion(first.first_version.0 - 1), count)
+            .await?;
+        let events = recorded
+            .iter()
+            .map(|r| r.to_domain::<A::Event>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CommandOutcome {
+            stream_id: first.stream_id,
+            events,
+            stream_version: first.last_version,
+            position: Some(first.last_position),
+            duplicate: true,
+        })
+    }
+
+    async fn maybe_snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        before: StreamVersion,
+        after: StreamVersion,
+        state: &A,
+    ) {
+        let every = self.snapshot_every;
+        if every == 0 || before.0 / every == after.0 / every {
+            return;
+        }
+        let snapshot = match serde_json::to_value(state) {
+            Ok(value) => Snapshot {
+                stream_id: stream.clone(),
+                aggregate_type: A::KIND.to_owned(),
+                version: after,
+                state: value,
+                taken_at: Utc::now(),
+            },
+            Err(error) => {
+                tracing::warn!(%stream, %error, "state does not serialize; no snapshot");
+                return;
+            }
+        };
+        if let Err(error) = self.store.save_snapshot(&snapshot).await {
+            tracing::warn!(%stream, %error, "could not save a snapshot");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! `charter-commands` owns Charter's write side: the event store (one
+//! [`EventStore`] trait; PostgreSQL for production, SQLite for the embedded
+//! default), command handling (load, decide, append, retry on conflict),
+//! idempotency, snapshots, upcasting on read, and the outbox relay that
+//! publishes every committed event to JetStream or the in-process bus.
+//!
+//! It must not hold business rules (those live in `charter-domain`) nor read
+//! models (those live in `charter-projections`).
+
+pub mod bus;
+pub mod error;
+pub mod event;
+pub mod jetstream;
+pub mod kernel;
+pub mod postgres;
+pub mod publish;
+pub mod relay;
+pub mod sqlite;
+pub mod store;
+
+pub use error::StoreError;
+pub use event::{
+    AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId,
+    StreamVersion,
+};
+pub use kernel::{CommandError, CommandHandler, CommandOutcome};
+pub use store::{EventStore, Snapshot, StoreLimits, connect};

@@ -1,0 +1,672 @@
+//! The PostgreSQL event store: the production backend.
+//!
+//! # Why readers never pass over a late commit
+//!
+//! A `bigserial` position is taken when a row is inserted, but transactions
+//! commit in another order: a reader that saw position 11 and checkpointed it
+//! would never see position 10 if 10's transaction commits a moment later.
+//!
+//! Here a position is `(transaction id << 20) + index of the event in its
+//! transaction`, computed inside the appending statement from
+//! `pg_current_xact_id()`. PostgreSQL hands out transaction ids in increasing
+//! order, and `pg_snapshot_xmin(pg_current_snapshot())` is the oldest
+//! transaction id that may still be running: every transaction with a smaller
+//! id has either committed (and is visible) or aborted, and every transaction
+//! that starts later gets a larger id. A reader therefore only returns events
+//! whose position lies below `xmin << 20`: that prefix of the log is final,
+//! nothing can ever be inserted into it, and every reader sees it in the same
+//! order. A reader following the log never skips an event and never sees one
+//! twice; the price is that one long-running writing transaction anywhere in
+//! the cluster holds readers back (not writers) until it ends.
+//!
+//! Writers are never serialized: an append is one `INSERT … SELECT FROM
+//! unnest(…)` statement, one round trip, its own transaction. Optimistic
+//! concurrency rests on the unique `(stream_id, version)` constraint (two
+//! racing writers cannot both insert version N+1) and idempotency on a
+//! partial unique index over the command id of each append's first event.
+//!
+//! Live followers wake on commits announced in-process and, across
+//! processes, through `LISTEN`/`NOTIFY` on a channel per schema. `NOTIFY` is
+//! sent by a background task coalescing bursts of appends, never inside an
+//! append (a notifying transaction takes a cluster-wide lock at commit).
+//!
+//! Positions use 44 bits for the transaction id (epoch included) — enough
+//! for millions of years of transactions at today's rates.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use charter_domain::upcast::Upcasters;
+use charter_domain::{Actor, CausationId, CommandId, CorrelationId, EventId, OrgName};
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqlSafeStr};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::store::{
+    HARD_MAX_BATCH, Snapshot, StoreOptions, prepare_append, record_append, upcast_payload,
+};
+use crate::{
+    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StoreError, StoreLimits, StreamId, StreamVersion,
+};
+
+/// The newest migration this code knows.
+const LATEST_MIGRATION: i64 = 1;
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "event store".into(),
+        MigrationType::Simple,
+        include_str!("../../schema/migrations/postgres/0001_event_store.sql").into_sql_str(),
+        false,
+    )])
+}
+
+macro_rules! event_columns {
+    () => {
+        "position, event_id, stream_id, aggregate_type, version, event_type, schema_version, \
+         recorded_at, org, actor, command_id, correlation_id, causation_id, payload::text"
+    };
+}
+
+/// The read horizon: positions below it belong to finished transactions.
+macro_rules! horizon {
+    () => {
+        "(pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 20)"
+    };
+}
+
+/// One append, one statement. `$2` is the expected version (NULL = any);
+/// the insert happens only when that version exists (or is 0), and the
+/// unique constraints reject racing writers and repeated commands.
+const APPEND_SQL: &str = "\
+WITH base AS (
+    SELECT b.v, (b.v = 0 OR EXISTS (
+        SELECT 1 FROM events WHERE stream_id = $1 AND version = b.v)) AS ok
+    FROM (SELECT COALESCE($2::int8,
+        (SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)) AS v) b
+), ins AS (
+    INSERT INTO events (position, stream_id, version, aggregate_type, event_id, event_type,
+        schema_version, org, actor, command_id, command_seq, correlation_id, causation_id, payload)
+    SELECT (pg_current_xact_id()::text::int8 << 20) + e.ord - 1, $1, base.v + e.ord, $3,
+        e.event_id, e.event_type, e.schema_version, $4, $5, $6, e.ord - 1, $7, $8, e.payload::json
+    FROM base,
+        unnest($9::uuid[], $10::text[], $11::int4[], $12::text[])
+            WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, ord)
+    WHERE base.ok
+    RETURNING position, version
+)
+SELECT count(*)::int8, COALESCE(min(position), 0), COALESCE(max(position), 0),
+       COALESCE(min(version), 0), COALESCE(max(version), 0)
+FROM ins";
+
+/// PostgreSQL-backed [`EventStore`].
+pub struct PostgresStore {
+    pool: PgPool,
+    limits: StoreLimits,
+    upcasters: Arc<Upcasters>,
+    poll_interval: Duration,
+    commits: watch::Sender<u64>,
+    announce: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 50
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName {
+            what: "schema",
+            value: schema.to_owned(),
+        })
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl PostgresStore {
+    /// Connects lazily: the store is created even while PostgreSQL is down,
+    /// and [`EventStore::check_ready`] tells when it is usable. With a
+    /// schema set, the schema is created first (this needs the server).
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let mut connect = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidName {
+            what: "database url",
+            value: e.to_string(),
+        })?;
+        connect = connect.application_name("charter");
+        let channel = match &options.schema {
+            Some(schema) => {
+                check_schema_name(schema)?;
+                let mut conn = PgConnection::connect_with(&connect)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+                )))
+                .execute(&mut conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                conn.close().await.map_err(StoreError::from_sqlx)?;
+                connect = connect.options([("search_path", schema.as_str())]);
+                format!("charter_events_{schema}")
+            }
+            None => "charter_events".to_owned(),
+        };
+        let pool = PgPoolOptions::new()
+            // One connection more for the LISTEN task, which keeps its own.
+            .max_connections(options.max_connections.max(1) + 1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(connect);
+        let (commits, _) = watch::channel(0u64);
+        let announce = Arc::new(Notify::new());
+        let tasks = vec![
+            tokio::spawn(listen(pool.clone(), channel.clone(), commits.clone())),
+            tokio::spawn(announce_commits(
+                pool.clone(),
+                channel,
+                Arc::clone(&announce),
+            )),
+        ];
+        Ok(Self {
+            pool,
+            limits: options.limits,
+            upcasters: options.upcasters,
+            poll_interval: options.poll_interval,
+            commits,
+            announce,
+            tasks,
+        })
+    }
+
+    /// The pool, for tests and tools that need raw access to the same
+    /// database and schema.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs the production append statement on a connection the caller
+    /// controls (inside its own transaction), without retries or lookups.
+    /// Tests use it to hold transactions open and commit them out of order.
+    pub async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        meta: &CommandMeta,
+    ) -> Result<AppendOutcome, StoreError> {
+        let payloads = prepare_append(events, meta, self.limits)?;
+        let row = self
+            .append_statement(stream, expected, events, &payloads, meta)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if let Some(outcome) = outcome_from_row(stream, &row)? {
+            return Ok(outcome);
+        }
+        let actual: i64 =
+            sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Err(StoreError::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: StreamVersion(to_u64(actual)),
+        })
+    }
+
+    fn append_statement<'q>(
+        &self,
+        stream: &'q StreamId,
+        expected: ExpectedVersion,
+        events: &'q [NewEvent],
+        payloads: &'q [String],
+        meta: &'q CommandMeta,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let expected_base: Option<i64> = match expected {
+            ExpectedVersion::Any => None,
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Exact(v) => Some(to_i64(v.0)),
+        };
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        sqlx::query(APPEND_SQL)
+            .bind(stream.as_str())
+            .bind(expected_base)
+            .bind(meta.aggregate_type.as_str())
+            .bind(meta.org.as_str())
+            .bind(meta.actor.as_str())
+            .bind(meta.command_id.as_uuid())
+            .bind(meta.correlation_id.as_uuid())
+            .bind(meta.causation().as_uuid())
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+    }
+
+    /// The outcome of an earlier append of this command, if there was one.
+    async fn find_command(
+        &self,
+        command_id: CommandId,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.stream_id, f.position, f.version,
+                    (SELECT count(*) FROM events e
+                      WHERE e.stream_id = f.stream_id AND e.version >= f.version
+                        AND e.version < f.version + $2 AND e.command_id = f.command_id)
+             FROM events f WHERE f.command_id = $1 AND f.command_seq = 0",
+        )
+        .bind(command_id.as_uuid())
+        .bind(to_i64(HARD_MAX_BATCH as u64))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        let stream = StreamId::parse(row.try_get::<String, _>(0).map_err(StoreError::from_sqlx)?)?;
+        let position = to_u64(row.try_get(1).map_err(StoreError::from_sqlx)?);
+        let version = to_u64(row.try_get(2).map_err(StoreError::from_sqlx)?);
+        let count = to_u64(row.try_get(3).map_err(StoreError::from_sqlx)?).max(1);
+        Ok(Some(AppendOutcome {
+            stream_id: stream,
+            first_version: StreamVersion(version),
+            last_version: StreamVersion(version + count - 1),
+            first_position: Position(position),
+            last_position: Position(position + count - 1),
+            duplicate: true,
+        }))
+    }
+
+    async fn append_inner(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        meta: &CommandMeta,
+    ) -> Result<AppendOutcome, StoreError> {
+        let payloads = prepare_append(events, meta, self.limits)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .append_statement(stream, expected, events, &payloads, meta)
+                .fetch_one(&self.pool)
+                .await;
+            let violated = match result {
+                Ok(row) => match outcome_from_row(stream, &row)? {
+                    Some(outcome) => {
+                        self.announce_commit();
+                        return Ok(outcome);
+                    }
+                    None => false,
+                },
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => true,
+                Err(error) => return Err(StoreError::from_sqlx(error)),
+            };
+            if let Some(outcome) = self.find_command(meta.command_id).await? {
+                if outcome.stream_id != *stream {
+                    return Err(StoreError::CommandIdReused {
+                        command_id: meta.command_id,
+                        stream: outcome.stream_id,
+                    });
+                }
+                return Ok(outcome);
+            }
+            if violated && expected == ExpectedVersion::Any && attempt < 50 {
+                continue;
+            }
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: self.stream_version(stream).await?,
+            });
+        }
+    }
+
+    /// Wakes live readers after a commit made outside `append`.
+    pub fn announce_commit(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        self.announce.notify_one();
+    }
+
+    fn decode(&self, row: &PgRow) -> Result<RecordedEvent, StoreError> {
+        decode_row(row, &self.upcasters)
+    }
+}
+
+fn outcome_from_row(stream: &StreamId, row: &PgRow) -> Result<Option<AppendOutcome>, StoreError> {
+    let get = |i: usize| row.try_get::<i64, _>(i).map_err(StoreError::from_sqlx);
+    if get(0)? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(AppendOutcome {
+        stream_id: stream.clone(),
+        first_position: Position(to_u64(get(1)?)),
+        last_position: Position(to_u64(get(2)?)),
+        first_version: StreamVersion(to_u64(get(3)?)),
+        last_version: StreamVersion(to_u64(get(4)?)),
+        duplicate: false,
+    }))
+}
+
+fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, StoreError> {
+    let position = Position(to_u64(row.try_get(0).map_err(StoreError::from_sqlx)?));
+    let malformed = |reason: String| StoreError::MalformedEvent { position, reason };
+    let column = |e: sqlx::Error| malformed(e.to_string());
+    let aggregate_type: String = row.try_get(3).map_err(column)?;
+    let event_type: String = row.try_get(5).map_err(column)?;
+    let schema_version: i32 = row.try_get(6).map_err(column)?;
+    let payload = RawValue::from_string(row.try_get::<String, _>(13).map_err(column)?)
+        .map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    let schema_version = u32::try_from(schema_version)
+        .map_err(|_| malformed(format!("negative schema version {schema_version}")))?;
+    let (schema_version, payload) = upcast_payload(
+        upcasters,
+        position,
+        &aggregate_type,
+        &event_type,
+        schema_version,
+        payload,
+    )?;
+    Ok(RecordedEvent {
+        position,
+        event_id: EventId::from_uuid(row.try_get(1).map_err(column)?),
+        stream_id: StreamId::parse(row.try_get::<String, _>(2).map_err(column)?)
+            .map_err(|e| malformed(e.to_string()))?,
+        aggregate_type,
+        version: StreamVersion(to_u64(row.try_get(4).map_err(column)?)),
+        event_type,
+        schema_version,
+        recorded_at: row.try_get::<DateTime<Utc>, _>(7).map_err(column)?,
+        org: OrgName::parse(row.try_get::<String, _>(8).map_err(column)?)
+            .map_err(|e| malformed(e.to_string()))?,
+        actor: Actor::parse(row.try_get::<String, _>(9).map_err(column)?)
+            .map_err(|e| malformed(e.to_string()))?,
+        command_id: CommandId::from_uuid(row.try_get(10).map_err(column)?),
+        correlation_id: CorrelationId::from_uuid(row.try_get(11).map_err(column)?),
+        causation_id: CausationId::from_uuid(row.try_get(12).map_err(column)?),
+        payload,
+    })
+}
+
+/// Follows `NOTIFY`s on the channel and ticks `commits` for each.
+async fn listen(pool: PgPool, channel: String, commits: watch::Sender<u64>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(&channel).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    // Anything committed while we were away is found by the
+                    // readers' next look.
+                    commits.send_modify(|n| *n = n.wrapping_add(1));
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => commits.send_modify(|n| *n = n.wrapping_add(1)),
+                            Err(error) => {
+                                tracing::debug!(%error, "commit listener lost its connection");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "LISTEN failed"),
+            },
+            Err(error) => tracing::debug!(%error, "commit listener cannot connect"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sends one `NOTIFY` per burst of local commits.
+async fn announce_commits(pool: PgPool, channel: String, announce: Arc<Notify>) {
+    loop {
+        announce.notified().await;
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "could not announce a commit");
+        }
+        // Let a burst of appends coalesce into the next notification.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(max(version), 0) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if applied < LATEST_MIGRATION {
+            return Err(StoreError::NotMigrated(format!(
+                "schema at migration {applied}, this build needs {LATEST_MIGRATION}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        meta: &CommandMeta,
+    ) -> Result<AppendOutcome, StoreError> {
+        let started = Instant::now();
+        let result = self.append_inner(stream, expected, events, meta).await;
+        record_append(self.backend(), &result, started.elapsed());
+        result
+    }
+
+    async fn command_outcome(
+        &self,
+        command_id: CommandId,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        self.find_command(command_id).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Ok(StreamVersion(to_u64(version)))
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3"
+        ))
+        .bind(stream.as_str())
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if rows.is_empty() && self.stream_version(stream).await? == StreamVersion(0) {
+            return Err(StoreError::StreamNotFound(stream.clone()));
+        }
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE position > $1 AND position < ",
+            horizon!(),
+            " ORDER BY position LIMIT $2"
+        ))
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        let head: i64 = sqlx::query_scalar(concat!(
+            "SELECT COALESCE(max(position), 0) FROM events WHERE position < ",
+            horizon!()
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(Position(to_u64(head)))
+    }
+
+    async fn count_after(&self, after: Position, cap: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(concat!(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE position > $1 AND position < ",
+            horizon!(),
+            " LIMIT $2) t"
+        ))
+        .bind(to_i64(after.0))
+        .bind(to_i64(cap))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(to_u64(count))
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, aggregate_type, version, state, taken_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_id) DO UPDATE
+                SET aggregate_type = excluded.aggregate_type, version = excluded.version,
+                    state = excluded.state, taken_at = excluded.taken_at
+              WHERE snapshots.version < excluded.version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(&snapshot.aggregate_type)
+        .bind(to_i64(snapshot.version.0))
+        .bind(&snapshot.state)
+        .bind(snapshot.taken_at)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(
+            "SELECT aggregate_type, version, state, taken_at FROM snapshots WHERE stream_id = $1",
+        )
+        .bind(stream.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        row.map(|row| {
+            Ok(Snapshot {
+                stream_id: stream.clone(),
+                aggregate_type: row.try_get(0).map_err(StoreError::from_sqlx)?,
+                version: StreamVersion(to_u64(row.try_get(1).map_err(StoreError::from_sqlx)?)),
+                state: row.try_get(2).map_err(StoreError::from_sqlx)?,
+                taken_at: row.try_get(3).map_err(StoreError::from_sqlx)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Ok(position.map(|p| Position(to_u64(p))))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+        )
+        .bind(name)
+        .bind(to_i64(position.0))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+}

@@ -1,0 +1,162 @@
+//! The conformance suite against PostgreSQL: each test owns a fresh schema
+//! in the database `CHARTER_TEST_DATABASE_URL` names (by default the local
+//! `test` database), dropped when the test ends.
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use charter_commands::postgres::PostgresStore;
+use charter_commands::store::StoreOptions;
+use charter_commands::{
+    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, StoreError, StreamId,
+};
+use conformance::{Harness, RawRow};
+use sqlx::Connection;
+
+pub fn test_database_url() -> String {
+    std::env::var("CHARTER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+struct PgHarness {
+    store: Arc<PostgresStore>,
+    schema: String,
+}
+
+impl Drop for PgHarness {
+    fn drop(&mut self) {
+        let schema = self.schema.clone();
+        // Runs on its own thread: the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
+                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn harness() -> PgHarness {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let store = PostgresStore::connect(
+        &test_database_url(),
+        StoreOptions {
+            schema: Some(schema.clone()),
+            max_connections: 16,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect("PostgreSQL must be running for these tests (see README: Testing)");
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    PgHarness {
+        store: Arc::new(store),
+        schema,
+    }
+}
+
+#[async_trait]
+impl Harness for PgHarness {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::clone(&self.store) as Arc<dyn EventStore>
+    }
+
+    async fn insert_raw(&self, row: RawRow) {
+        sqlx::query(
+            "INSERT INTO events (position, stream_id, version, aggregate_type, event_id, event_type,
+                schema_version, org, actor, command_id, command_seq, correlation_id, causation_id, payload)
+             VALUES ((pg_current_xact_id()::text::int8 << 20), $1, $2, $3, $4, $5, $6, $7,
+                'user:legacy', $4, 0, $4, $4, $8::json)",
+        )
+        .bind(&row.stream_id)
+        .bind(row.version as i64)
+        .bind(&row.aggregate_type)
+        .bind(uuid::Uuid::now_v7())
+        .bind(&row.event_type)
+        .bind(row.schema_version)
+        .bind(&row.org)
+        .bind(&row.payload)
+        .execute(self.store.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn append_held(
+        &self,
+        stream: StreamId,
+        events: Vec<NewEvent>,
+        meta: CommandMeta,
+        hold: Duration,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.store.pool().begin().await.unwrap();
+        // Take the transaction id now: its positions will be small, but it
+        // commits after transactions that start later.
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tokio::time::sleep(hold / 2).await;
+        let outcome = self
+            .store
+            .append_on(&mut tx, &stream, ExpectedVersion::Any, &events, &meta)
+            .await?;
+        tokio::time::sleep(hold / 2).await;
+        tx.commit().await.unwrap();
+        self.store.announce_commit();
+        Ok(outcome)
+    }
+}
+
+conformance_tests!(harness());
+
+/// The store is created lazily: it exists while PostgreSQL is unreachable,
+/// and says so with a typed error instead of hanging or panicking.
+#[tokio::test]
+async fn unreachable_server_is_a_typed_error() {
+    let store = PostgresStore::connect(
+        "postgres://postgres@127.0.0.1:1/none",
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let err = store.check_ready().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+/// A schema without the migrations is reachable but not ready.
+#[tokio::test]
+async fn unmigrated_schema_is_not_ready() {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let store = PostgresStore::connect(
+        &test_database_url(),
+        StoreOptions {
+            schema: Some(schema.clone()),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let err = store.check_ready().await.unwrap_err();
+    assert!(matches!(err, StoreError::NotMigrated(_)), "{err:?}");
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    drop(PgHarness {
+        store: Arc::new(store),
+        schema,
+    });
+}

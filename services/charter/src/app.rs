@@ -1,0 +1,183 @@
+//! `charter serve` as a library: [`Application::build`] connects the store,
+//! migrates it, picks the publisher (JetStream when a NATS URL is set, the
+//! in-process bus otherwise) and binds the listener, reporting the real
+//! address so that tests can run the whole thing on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use charter_commands::EventStore;
+use charter_commands::bus::InProcessBus;
+use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher};
+use charter_commands::publish::EventPublisher;
+use charter_commands::relay::OutboxRelay;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::http::{AppState, router};
+
+pub struct Application {
+    config: Config,
+    store: Arc<dyn EventStore>,
+    listener: TcpListener,
+    address: SocketAddr,
+    publisher: Arc<dyn EventPublisher>,
+    destination: String,
+    bus: Option<InProcessBus>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        crate::telemetry::metrics();
+        let store = charter_commands::connect(&config.database_url, config.store_options())
+            .await
+            .with_context(|| format!("opening the store {}", config.database_url_redacted()))?;
+        if config.migrate_on_start {
+            store
+                .migrate()
+                .await
+                .with_context(|| format!("migrating {}", config.database_url_redacted()))?;
+        }
+        let (publisher, destination, bus): (Arc<dyn EventPublisher>, String, _) =
+            match &config.nats_url {
+                Some(url) => {
+                    let mut js = JetStreamConfig::new(url.clone());
+                    js.stream = config.nats_stream.clone();
+                    js.subject_prefix = config.nats_subject_prefix.clone();
+                    let publisher = JetStreamPublisher::connect(js)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
+                    (
+                        Arc::new(publisher),
+                        format!("jetstream:{}", config.nats_stream),
+                        None,
+                    )
+                }
+                None => {
+                    let bus = InProcessBus::default();
+                    (Arc::new(bus.clone()), "in-process".to_owned(), Some(bus))
+                }
+            };
+        let requested = config
+            .listen_addr()
+            .context("configuration key `listen` is not an address")?;
+        let listener = TcpListener::bind(requested)
+            .await
+            .with_context(|| format!("binding {requested} (configuration key `listen`)"))?;
+        let address = listener.local_addr()?;
+        Ok(Self {
+            config,
+            store,
+            listener,
+            address,
+            publisher,
+            destination,
+            bus,
+        })
+    }
+
+    /// The address actually bound (the real port when `listen` used 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn store(&self) -> Arc<dyn EventStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The in-process bus, in the embedded mode.
+    pub fn bus(&self) -> Option<&InProcessBus> {
+        self.bus.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish (at most the configured grace) and stops
+    /// the relay.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let relay = OutboxRelay::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.publisher),
+            &self.destination,
+        );
+        let published = relay.published();
+        let (stop, stopped) = watch::channel(false);
+        let relay_task = tokio::spawn(relay.run(wait_for_stop(stopped.clone())));
+        let upkeep = tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                crate::telemetry::metrics().run_upkeep();
+            }
+        });
+        tracing::info!(
+            store = self.store.backend(),
+            database = %self.config.database_url_redacted(),
+            publisher = self.publisher.kind(),
+            "listening on http://{}",
+            self.address
+        );
+        let app = router(AppState {
+            store: Arc::clone(&self.store),
+        });
+        let signal_stop = stop.clone();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = signal_stop.send(true);
+        });
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        let mut after_signal = stopped.clone();
+        let result = tokio::select! {
+            result = server.into_future() => result.map_err(anyhow::Error::from),
+            () = async {
+                wait_for_stop_ref(&mut after_signal).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "requests still open after the grace period; closing");
+                Ok(())
+            }
+        };
+        let _ = stop.send(true);
+        upkeep.abort();
+        let _ = relay_task.await;
+        tracing::info!(published = %*published.borrow(), "stopped");
+        result
+    }
+}
+
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    wait_for_stop_ref(&mut stopped).await;
+}
+
+async fn wait_for_stop_ref(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

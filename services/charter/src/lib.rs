@@ -1,0 +1,18 @@
+//! The `charter` process: configuration, the HTTP surface (`/healthz`,
+//! `/readyz`, `/metrics`), the outbox relay, the command-line tools
+//! (`serve`, `migrate`, `events`, `bench`) and telemetry.
+//!
+//! It wires the crates below it together and must hold no business rule:
+//! decisions live in `charter-domain`, storage in `charter-commands`.
+//! As roles grow (gateway, sagas, executors), each moves into its own crate
+//! beside this one and this binary keeps only the wiring.
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod events_cli;
+pub mod http;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;

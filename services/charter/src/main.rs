@@ -1,0 +1,187 @@
+//! The `charter` command line: `serve`, `migrate`, `events`, `bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use charter::config::{Config, Overrides};
+use charter::{Application, bench, events_cli, telemetry};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "charter",
+    version,
+    about = "Charter: a control plane for AI-driven organizations"
+)]
+struct Cli {
+    /// A TOML configuration file (keys as in `charter.example.toml`).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The store: `sqlite://FILE` or `postgres://…` (CHARTER_DATABASE_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// PostgreSQL schema holding Charter's tables (CHARTER_DATABASE_SCHEMA).
+    #[arg(long, global = true, value_name = "NAME")]
+    database_schema: Option<String>,
+    /// Log filter, e.g. `info` or `charter=debug` (CHARTER_LOG).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the platform (HTTP, relay) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Apply the store's schema migrations.
+    Migrate,
+    /// Print the event log as JSON lines.
+    Events(EventsArgs),
+    /// Measure the store.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (CHARTER_LISTEN); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Publish events to JetStream at this URL (CHARTER_NATS_URL).
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// Do not run migrations at start-up.
+    #[arg(long)]
+    no_migrate: bool,
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// First global position to print (0 prints the whole log).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Keep printing new events as they commit.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Append throughput and per-append latency.
+    Append {
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+    /// Catch-up read throughput of the whole log.
+    Read {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        database_url: cli.database_url.clone(),
+        database_schema: cli.database_schema.clone(),
+        log: cli.log.clone(),
+        ..match &cli.command {
+            Command::Serve(args) => Overrides {
+                listen: args.listen.clone(),
+                nats_url: args.nats_url.clone(),
+                migrate_on_start: args.no_migrate.then_some(false),
+                ..Overrides::default()
+            },
+            _ => Overrides::default(),
+        }
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("charter: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("charter: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("charter: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => {
+            let app = Application::build(config).await?;
+            app.run_until(charter::app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store =
+                charter_commands::connect(&config.database_url, config.store_options()).await?;
+            store.migrate().await?;
+            store.check_ready().await?;
+            eprintln!(
+                "migrated {} ({})",
+                config.database_url_redacted(),
+                store.backend()
+            );
+            Ok(())
+        }
+        Command::Events(args) => {
+            let store =
+                charter_commands::connect(&config.database_url, config.store_options()).await?;
+            store
+                .check_ready()
+                .await
+                .context("the store is not ready (run `charter migrate` first?)")?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            events_cli::print_events(
+                store,
+                args.from,
+                args.follow,
+                args.limit,
+                charter::app::shutdown_signal(),
+                &mut out,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Append {
+            writers,
+            batch,
+            events,
+        }) => {
+            let figures = bench::append(&config, writers, batch, events).await?;
+            println!("{figures}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Read { events }) => {
+            let figures = bench::read(&config, events).await?;
+            println!("{figures}");
+            Ok(())
+        }
+    }
+}
