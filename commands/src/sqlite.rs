@@ -34,6 +34,8 @@ use crate::{
 
 const LATEST_MIGRATION: i64 = 1;
 
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn migrator() -> Migrator {
     Migrator::with_migrations(vec![Migration::new(
         1,
@@ -304,12 +306,15 @@ impl EventStore for SqliteStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
-        let applied: i64 = sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) FROM _sqlx_migrations WHERE success",
         )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .fetch_one(&self.pool);
+        // Readiness must answer fast even while the server is unreachable.
+        let applied: i64 = tokio::time::timeout(READY_TIMEOUT, query)
+            .await
+            .map_err(|_| StoreError::Unavailable("no answer within 2 seconds".into()))?
+            .map_err(StoreError::from_sqlx)?;
         if applied < LATEST_MIGRATION {
             return Err(StoreError::NotMigrated(format!(
                 "schema at migration {applied}, this build needs {LATEST_MIGRATION}"

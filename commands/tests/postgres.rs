@@ -55,7 +55,7 @@ async fn harness() -> PgHarness {
         &test_database_url(),
         StoreOptions {
             schema: Some(schema.clone()),
-            max_connections: 16,
+            max_connections: 8,
             ..StoreOptions::default()
         },
     )

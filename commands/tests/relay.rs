@@ -1,0 +1,368 @@
+//! The outbox relay against real publishers: a private `nats-server -js`
+//! (started on a free port with its own store directory, stopped and
+//! restarted by the test; the machine's shared server is never touched) and
+//! the in-process bus.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use charter_commands::bus::InProcessBus;
+use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher, POSITION_HEADER};
+use charter_commands::postgres::PostgresStore;
+use charter_commands::relay::{OutboxRelay, checkpoint_name};
+use charter_commands::sqlite::SqliteStore;
+use charter_commands::store::StoreOptions;
+use charter_commands::{
+    CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId,
+};
+use charter_domain::{Actor, OrgName};
+use serde_json::json;
+use tokio::sync::watch;
+
+fn nats_server_binary() -> String {
+    if let Ok(path) = std::env::var("CHARTER_NATS_SERVER_BIN") {
+        return path;
+    }
+    for candidate in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.to_owned();
+        }
+    }
+    "nats-server".to_owned()
+}
+
+/// A JetStream server of this test's own.
+struct PrivateNats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateNats {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("charter-nats-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nats = Self {
+            child: None,
+            port,
+            dir,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed for this test (see README: Testing)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server the way an operator would (SIGTERM) and waits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            if tokio::task::block_in_place(|| wait_with_deadline(&mut child)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn wait_with_deadline(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn test_database_url() -> String {
+    std::env::var("CHARTER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+struct Schema {
+    store: Arc<PostgresStore>,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
+                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn pg_store() -> Schema {
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let store = PostgresStore::connect(
+        &test_database_url(),
+        StoreOptions {
+            schema: Some(name.clone()),
+            max_connections: 4,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    Schema {
+        store: Arc::new(store),
+        name,
+    }
+}
+
+async fn append_some(store: &dyn EventStore, prefix: &str, appends: usize) -> Position {
+    let mut last = Position::START;
+    for i in 0..appends {
+        let events: Vec<_> = (0..2)
+            .map(|n| NewEvent::new("Tagged", json!({"i": i, "n": n})))
+            .collect();
+        let meta = CommandMeta::new(
+            "organization",
+            OrgName::parse("acme").unwrap(),
+            Actor::parse("user:tester").unwrap(),
+        );
+        last = store
+            .append(
+                &StreamId::parse(format!("{prefix}-{i}")).unwrap(),
+                ExpectedVersion::NoStream,
+                &events,
+                &meta,
+            )
+            .await
+            .unwrap()
+            .last_position;
+    }
+    last
+}
+
+async fn wait_published(published: &mut watch::Receiver<Position>, target: Position) {
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        published.wait_for(|p| *p >= target),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("relay never published through {target}"))
+    .unwrap();
+}
+
+fn start_relay(
+    store: Arc<dyn EventStore>,
+    publisher: Arc<JetStreamPublisher>,
+) -> (
+    watch::Receiver<Position>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let relay = OutboxRelay::new(store, publisher, "jetstream:CHARTER_EVENTS")
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(300))
+        .with_batch(64);
+    let published = relay.published();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (published, stop, task)
+}
+
+/// Everything in the stream, in stream order.
+async fn stream_contents(url: &str) -> Vec<(RecordedEvent, String, String)> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("CHARTER_EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let event: RecordedEvent = serde_json::from_slice(&message.payload).unwrap();
+        let msg_id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let position = message
+            .headers
+            .get(POSITION_HEADER)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            message.subject.as_str(),
+            format!("charter.events.acme.organization.{}", event.event_type)
+        );
+        out.push((event, msg_id, position));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_outage_loses_nothing_and_duplicates_nothing() {
+    let schema = pg_store().await;
+    let store: Arc<dyn EventStore> = Arc::clone(&schema.store) as Arc<dyn EventStore>;
+    let mut nats = PrivateNats::start();
+    let publisher = Arc::new(
+        JetStreamPublisher::connect(JetStreamConfig::new(nats.url()))
+            .await
+            .unwrap(),
+    );
+    let (mut published, stop, task) = start_relay(Arc::clone(&store), Arc::clone(&publisher));
+
+    let before = append_some(&*store, "before", 25).await;
+    wait_published(&mut published, before).await;
+
+    // NATS goes away while events keep being appended.
+    nats.stop();
+    let during = append_some(&*store, "during", 50).await;
+    // The relay cannot have published what it cannot reach.
+    assert!(*published.borrow() < during);
+    nats.restart();
+    let after = append_some(&*store, "after", 25).await;
+    wait_published(&mut published, after).await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+
+    let logged = store.read_all(Position::START, 10_000).await.unwrap();
+    assert_eq!(logged.len(), 200);
+    let streamed = stream_contents(&nats.url()).await;
+    assert_eq!(streamed.len(), logged.len(), "every event exactly once");
+    for ((event, msg_id, position), stored) in streamed.iter().zip(&logged) {
+        assert_eq!(event, stored, "in global order");
+        assert_eq!(*msg_id, stored.event_id.to_string());
+        assert_eq!(*position, stored.position.to_string());
+    }
+
+    // A relay that lost its checkpoint resumes after what the stream holds
+    // instead of publishing everything again.
+    store
+        .save_checkpoint(
+            &checkpoint_name("jetstream:CHARTER_EVENTS"),
+            Position::START,
+        )
+        .await
+        .unwrap();
+    let (mut published, stop, task) = start_relay(Arc::clone(&store), publisher);
+    let more = append_some(&*store, "resumed", 5).await;
+    wait_published(&mut published, more).await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+    let streamed = stream_contents(&nats.url()).await;
+    assert_eq!(streamed.len(), 210);
+    let logged = store.read_all(Position::START, 10_000).await.unwrap();
+    assert!(streamed.iter().map(|s| &s.0).eq(logged.iter()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_bus_receives_every_event_in_order() {
+    let path = std::env::temp_dir().join(format!("charter-relay-{}.db", uuid::Uuid::now_v7()));
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(
+            &format!("sqlite://{}", path.display()),
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let bus = InProcessBus::new(1024);
+    let mut receiver = bus.subscribe();
+    let relay = OutboxRelay::new(Arc::clone(&store), Arc::new(bus), "in-process");
+    let mut published = relay.published();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let last = append_some(&*store, "bus", 30).await;
+    wait_published(&mut published, last).await;
+    let logged = store.read_all(Position::START, 1000).await.unwrap();
+    for stored in &logged {
+        let received = receiver.recv().await.unwrap();
+        assert_eq!(&*received, stored);
+    }
+    let _ = stop.send(true);
+    task.await.unwrap();
+    // The checkpoint survived in the store.
+    assert_eq!(
+        store
+            .load_checkpoint(&checkpoint_name("in-process"))
+            .await
+            .unwrap(),
+        Some(last)
+    );
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}

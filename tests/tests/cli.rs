@@ -1,0 +1,97 @@
+//! The command-line tools: `charter migrate` and `charter bench`.
+
+use charter_tests::{PgSchema, TempDir, charter_command, test_database_url};
+use serde_json::Value;
+
+fn last_json_line(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().expect("some output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
+}
+
+#[test]
+fn migrate_prepares_an_embedded_store() {
+    let dir = TempDir::new();
+    let output = charter_command(&dir.0)
+        .env("CHARTER_DATABASE_URL", "sqlite://fresh.db")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(dir.0.join("fresh.db").exists());
+    // Again: nothing to do, still fine.
+    let again = charter_command(&dir.0)
+        .env("CHARTER_DATABASE_URL", "sqlite://fresh.db")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    // An empty log prints nothing.
+    let events = charter_command(&dir.0)
+        .env("CHARTER_DATABASE_URL", "sqlite://fresh.db")
+        .args(["events", "--from", "0"])
+        .output()
+        .unwrap();
+    assert!(events.status.success(), "{events:?}");
+    assert!(events.stdout.is_empty());
+}
+
+#[test]
+fn events_refuses_an_unmigrated_store() {
+    let dir = TempDir::new();
+    let output = charter_command(&dir.0)
+        .env("CHARTER_DATABASE_URL", "sqlite://empty.db")
+        .args(["events", "--from", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("charter migrate"), "{stderr}");
+}
+
+#[test]
+fn bench_append_and_read_print_their_figures() {
+    let dir = TempDir::new();
+    let schema = PgSchema::new();
+    for url in ["sqlite://bench.db".to_owned(), test_database_url()] {
+        let output = charter_command(&dir.0)
+            .env("CHARTER_DATABASE_URL", &url)
+            .env("CHARTER_DATABASE_SCHEMA", &schema.name)
+            .args([
+                "bench",
+                "append",
+                "--writers",
+                "2",
+                "--batch",
+                "10",
+                "--events",
+                "400",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let figures = last_json_line(&output.stdout);
+        let backend = if url.starts_with("sqlite") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        assert_eq!(figures["backend"], backend);
+        assert_eq!(figures["writers"], 2);
+        assert_eq!(figures["batch"], 10);
+        assert_eq!(figures["events"], 400);
+        for key in ["events_per_sec", "p50_ms", "p99_ms"] {
+            assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+        }
+        let output = charter_command(&dir.0)
+            .env("CHARTER_DATABASE_URL", &url)
+            .args(["bench", "read", "--events", "3000"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let figures = last_json_line(&output.stdout);
+        assert_eq!(figures["backend"], backend);
+        assert_eq!(figures["events"], 3000);
+        assert!(figures["events_per_sec"].as_f64().unwrap() > 0.0);
+    }
+}
