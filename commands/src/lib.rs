@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod postgres;
 pub mod publish;
 pub mod relay;
+mod sql;
 pub mod sqlite;
 pub mod store;
 

@@ -42,13 +42,14 @@ use charter_domain::upcast::Upcasters;
 use charter_domain::{Actor, CausationId, CommandId, CorrelationId, EventId, OrgName};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::sql::{self, to_i64, to_u64};
 use crate::store::{
     HARD_MAX_BATCH, Snapshot, StoreOptions, prepare_append, record_append, upcast_payload,
 };
@@ -57,19 +58,10 @@ use crate::{
     StoreError, StoreLimits, StreamId, StreamVersion,
 };
 
-/// The newest migration this code knows.
-const LATEST_MIGRATION: i64 = 1;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "event store".into(),
-        MigrationType::Simple,
-        include_str!("../../schema/migrations/postgres/0001_event_store.sql").into_sql_str(),
-        false,
-    )])
+    sql::migrator(include_str!(
+        "../../schema/migrations/postgres/0001_event_store.sql"
+    ))
 }
 
 macro_rules! event_columns {
@@ -144,14 +136,6 @@ fn check_schema_name(schema: &str) -> Result<(), StoreError> {
             value: schema.to_owned(),
         })
     }
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 impl PostgresStore {
@@ -299,18 +283,14 @@ impl PostgresStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
-        let stream = StreamId::parse(row.try_get::<String, _>(0).map_err(StoreError::from_sqlx)?)?;
-        let position = to_u64(row.try_get(1).map_err(StoreError::from_sqlx)?);
-        let version = to_u64(row.try_get(2).map_err(StoreError::from_sqlx)?);
-        let count = to_u64(row.try_get(3).map_err(StoreError::from_sqlx)?).max(1);
-        Ok(Some(AppendOutcome {
-            stream_id: stream,
-            first_version: StreamVersion(version),
-            last_version: StreamVersion(version + count - 1),
-            first_position: Position(position),
-            last_position: Position(position + count - 1),
-            duplicate: true,
-        }))
+        let get = |i| row.try_get::<i64, _>(i).map_err(StoreError::from_sqlx);
+        sql::earlier_outcome(
+            row.try_get(0).map_err(StoreError::from_sqlx)?,
+            get(1)?,
+            get(2)?,
+            get(3)?,
+        )
+        .map(Some)
     }
 
     async fn append_inner(
@@ -489,23 +469,29 @@ impl EventStore for PostgresStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
-        let query = sqlx::query_scalar(
-            "SELECT COALESCE(max(version), 0) FROM _sqlx_migrations WHERE success",
+        sql::check_migrated(
+            sqlx::query_scalar(
+                "SELECT COALESCE(max(version), 0) FROM _sqlx_migrations WHERE success",
+            )
+            .fetch_one(&self.pool),
         )
-        .fetch_one(&self.pool);
-        // Readiness must answer fast even while the server is unreachable.
-        let applied: i64 = tokio::time::timeout(READY_TIMEOUT, query)
-            .await
-            .map_err(|_| StoreError::Unavailable("no answer within 2 seconds".into()))?
-            .map_err(StoreError::from_sqlx)?;
-        if applied < LATEST_MIGRATION {
-            return Err(StoreError::NotMigrated(format!(
-                "schema at migration {applied}, this build needs {LATEST_MIGRATION}"
-            )));
-        }
-        Ok(())
+        .await
     }
 
+    #[tracing::instrument(
+        name = "append",
+        level = "debug",
+        skip_all,
+        fields(
+            backend = self.backend(),
+            stream = %stream,
+            events = events.len(),
+            org = %meta.org,
+            command_id = %meta.command_id,
+            correlation_id = %meta.correlation_id,
+            causation_id = %meta.causation(),
+        )
+    )]
     async fn append(
         &self,
         stream: &StreamId,

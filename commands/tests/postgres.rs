@@ -3,6 +3,7 @@
 //! `test` database), dropped when the test ends.
 
 mod conformance;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,65 +15,20 @@ use charter_commands::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, StoreError, StreamId,
 };
 use conformance::{Harness, RawRow};
-use sqlx::Connection;
+use support::{PgSchema, test_database_url};
 
-pub fn test_database_url() -> String {
-    std::env::var("CHARTER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-struct PgHarness {
-    store: Arc<PostgresStore>,
-    schema: String,
-}
-
-impl Drop for PgHarness {
-    fn drop(&mut self) {
-        let schema = self.schema.clone();
-        // Runs on its own thread: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
-                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
+struct PgHarness(PgSchema);
 
 async fn harness() -> PgHarness {
-    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-    let store = PostgresStore::connect(
-        &test_database_url(),
-        StoreOptions {
-            schema: Some(schema.clone()),
-            max_connections: 8,
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .expect("PostgreSQL must be running for these tests (see README: Testing)");
-    store.migrate().await.unwrap();
-    store.check_ready().await.unwrap();
-    PgHarness {
-        store: Arc::new(store),
-        schema,
-    }
+    let schema = PgSchema::new(8).await;
+    schema.store.check_ready().await.unwrap();
+    PgHarness(schema)
 }
 
 #[async_trait]
 impl Harness for PgHarness {
     fn store(&self) -> Arc<dyn EventStore> {
-        Arc::clone(&self.store) as Arc<dyn EventStore>
+        Arc::clone(&self.0.store) as Arc<dyn EventStore>
     }
 
     async fn insert_raw(&self, row: RawRow) {
@@ -90,7 +46,7 @@ impl Harness for PgHarness {
         .bind(row.schema_version)
         .bind(&row.org)
         .bind(&row.payload)
-        .execute(self.store.pool())
+        .execute(self.0.store.pool())
         .await
         .unwrap();
     }
@@ -102,7 +58,7 @@ impl Harness for PgHarness {
         meta: CommandMeta,
         hold: Duration,
     ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.store.pool().begin().await.unwrap();
+        let mut tx = self.0.store.pool().begin().await.unwrap();
         // Take the transaction id now: its positions will be small, but it
         // commits after transactions that start later.
         sqlx::query("SELECT pg_current_xact_id()")
@@ -111,12 +67,13 @@ impl Harness for PgHarness {
             .unwrap();
         tokio::time::sleep(hold / 2).await;
         let outcome = self
+            .0
             .store
             .append_on(&mut tx, &stream, ExpectedVersion::Any, &events, &meta)
             .await?;
         tokio::time::sleep(hold / 2).await;
         tx.commit().await.unwrap();
-        self.store.announce_commit();
+        self.0.store.announce_commit();
         Ok(outcome)
     }
 }
@@ -155,8 +112,8 @@ async fn unmigrated_schema_is_not_ready() {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     store.check_ready().await.unwrap();
-    drop(PgHarness {
+    drop(PgSchema {
         store: Arc::new(store),
-        schema,
+        name: schema,
     });
 }

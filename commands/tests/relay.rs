@@ -3,6 +3,8 @@
 //! restarted by the test; the machine's shared server is never touched) and
 //! the in-process bus.
 
+mod support;
+
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +13,6 @@ use std::time::Duration;
 
 use charter_commands::bus::InProcessBus;
 use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher, POSITION_HEADER};
-use charter_commands::postgres::PostgresStore;
 use charter_commands::relay::{OutboxRelay, checkpoint_name};
 use charter_commands::sqlite::SqliteStore;
 use charter_commands::store::StoreOptions;
@@ -20,6 +21,7 @@ use charter_commands::{
 };
 use charter_domain::{Actor, OrgName};
 use serde_json::json;
+use support::PgSchema;
 use tokio::sync::watch;
 
 fn nats_server_binary() -> String {
@@ -130,59 +132,6 @@ impl Drop for PrivateNats {
     }
 }
 
-fn test_database_url() -> String {
-    std::env::var("CHARTER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-struct Schema {
-    store: Arc<PostgresStore>,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
-                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn pg_store() -> Schema {
-    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-    let store = PostgresStore::connect(
-        &test_database_url(),
-        StoreOptions {
-            schema: Some(name.clone()),
-            max_connections: 4,
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
-    Schema {
-        store: Arc::new(store),
-        name,
-    }
-}
-
 async fn append_some(store: &dyn EventStore, prefix: &str, appends: usize) -> Position {
     let mut last = Position::START;
     for i in 0..appends {
@@ -268,7 +217,7 @@ async fn stream_contents(url: &str) -> Vec<(RecordedEvent, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_outage_loses_nothing_and_duplicates_nothing() {
-    let schema = pg_store().await;
+    let schema = PgSchema::new(4).await;
     let store: Arc<dyn EventStore> = Arc::clone(&schema.store) as Arc<dyn EventStore>;
     let mut nats = PrivateNats::start();
     let publisher = Arc::new(
