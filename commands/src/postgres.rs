@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use charter_domain::upcast::Upcasters;
 use charter_domain::{Actor, CausationId, CommandId, CorrelationId, EventId, OrgName};
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use serde_json::value::RawValue;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
@@ -550,7 +551,9 @@ impl EventStore for PostgresStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(concat!(
+        // Rows are decoded as they stream in, so that decoding overlaps with
+        // the server producing the rest of the page.
+        let mut rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
             " FROM events WHERE position > $1 AND position < ",
@@ -559,10 +562,12 @@ impl EventStore for PostgresStore {
         ))
         .bind(to_i64(after.0))
         .bind(to_i64(limit as u64))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        .fetch(&self.pool);
+        let mut events = Vec::with_capacity(limit.min(10_000));
+        while let Some(row) = rows.try_next().await.map_err(StoreError::from_sqlx)? {
+            events.push(self.decode(&row)?);
+        }
+        Ok(events)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
