@@ -142,8 +142,28 @@ impl EventPublisher for JetStreamPublisher {
     async fn publish(&self, events: &[RecordedEvent]) -> Result<(), PublishFailure> {
         let mut pending: VecDeque<PublishAckFuture> = VecDeque::new();
         let mut acked = 0;
+        let max_payload = self.client.server_info().max_payload;
         for event in events {
             let payload = serde_json::to_vec(event).map_err(|e| failure(acked, e))?;
+            if max_payload > 0 && payload.len() > max_payload {
+                // It can never be published: settle what is in flight, then
+                // say so loudly instead of letting the server reject it
+                // without explanation.
+                while let Some(ack) = pending.pop_front() {
+                    ack.await.map_err(|e| failure(acked, e))?;
+                    acked += 1;
+                }
+                return Err(failure(
+                    acked,
+                    format!(
+                        "event at position {} is {} bytes as a message; this NATS server \
+                         accepts at most {max_payload}: raise its max_payload or lower \
+                         max_event_bytes",
+                        event.position,
+                        payload.len()
+                    ),
+                ));
+            }
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
             headers.insert(POSITION_HEADER, event.position.to_string().as_str());

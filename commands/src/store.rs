@@ -39,7 +39,7 @@ pub const HARD_MAX_BATCH: usize = 1 << 20;
 impl Default for StoreLimits {
     fn default() -> Self {
         Self {
-            max_event_bytes: 1 << 20,
+            max_event_bytes: 512 * 1024,
             max_batch: 10_000,
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use charter_commands::bus::InProcessBus;
 use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher, POSITION_HEADER};
+use charter_commands::publish::EventPublisher;
 use charter_commands::relay::{OutboxRelay, checkpoint_name};
 use charter_commands::sqlite::SqliteStore;
 use charter_commands::store::StoreOptions;
@@ -45,10 +46,16 @@ struct PrivateNats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl PrivateNats {
     fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Starts with extra server configuration (nats-server's config syntax).
+    fn start_with_config(config: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -56,10 +63,16 @@ impl PrivateNats {
             .port();
         let dir = std::env::temp_dir().join(format!("charter-nats-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, config).unwrap();
+            path
+        });
         let mut nats = Self {
             child: None,
             port,
             dir,
+            config,
         };
         nats.restart();
         nats
@@ -70,7 +83,11 @@ impl PrivateNats {
     }
 
     fn restart(&mut self) {
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-js",
                 "-a",
@@ -314,4 +331,53 @@ async fn in_process_bus_receives_every_event_in_order() {
         name.push(suffix);
         let _ = std::fs::remove_file(name);
     }
+}
+
+/// An event larger than the server's `max_payload` can never be published:
+/// the relay stops before it, with a reason naming the limit, and never
+/// skips it (that would break the order every consumer relies on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_server_cannot_take_stops_the_relay_loudly() {
+    let schema = PgSchema::new(4).await;
+    let store: Arc<dyn EventStore> = Arc::clone(&schema.store) as Arc<dyn EventStore>;
+    let nats = PrivateNats::start_with_config("max_payload: 4096\n");
+    let publisher = Arc::new(
+        JetStreamPublisher::connect(JetStreamConfig::new(nats.url()))
+            .await
+            .unwrap(),
+    );
+    let (mut published, stop, task) = start_relay(Arc::clone(&store), Arc::clone(&publisher));
+    let small = append_some(&*store, "small", 3).await;
+    wait_published(&mut published, small).await;
+    let meta = CommandMeta::new(
+        "organization",
+        OrgName::parse("acme").unwrap(),
+        Actor::parse("user:tester").unwrap(),
+    );
+    let big = store
+        .append(
+            &StreamId::parse("big-1").unwrap(),
+            ExpectedVersion::NoStream,
+            &[NewEvent::new("Tagged", json!({"blob": "x".repeat(8000)}))],
+            &meta,
+        )
+        .await
+        .unwrap();
+    let after = append_some(&*store, "after", 2).await;
+    assert!(
+        charter_commands::store::wait_for_position(&*store, after, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let logged = store.read_all(small, 100).await.unwrap();
+    assert_eq!(logged.len(), 5);
+    let failure = publisher.publish(&logged[..1]).await.unwrap_err();
+    assert_eq!(failure.acked, 0);
+    assert!(failure.reason.contains("max_payload"), "{}", failure.reason);
+    // The relay stays at the last event before the big one.
+    assert_eq!(*published.borrow(), small);
+    let _ = stop.send(true);
+    task.await.unwrap();
+    assert!(big.last_position < after);
+    assert_eq!(stream_contents(&nats.url()).await.len(), 6);
 }

@@ -808,6 +808,61 @@ pub async fn kernel_handles_commands(h: &dyn Harness) {
         .map(|e| e.to_domain::<OrgEvent>().unwrap())
         .collect::<Vec<_>>();
     assert_eq!(Organization::replay(&all), loaded.state);
+
+    // Loading really starts from the snapshot: one that says something else
+    // wins over the events it covers, and the tail after it still applies.
+    kernel
+        .handle::<Organization>(&acme, &OrgCommand::Resume, &fresh(&m))
+        .await
+        .unwrap();
+    let stream_id = outcome.stream_id.clone();
+    let mut doctored = kernel.load::<Organization>(&acme).await.unwrap().state;
+    if let Some(state) = doctored.0.as_mut() {
+        state.display_name = DisplayName::parse("From Snapshot").unwrap();
+    }
+    let doctored_snapshot = |version: u64, state: serde_json::Value| Snapshot {
+        stream_id: stream_id.clone(),
+        aggregate_type: Organization::KIND.into(),
+        version: StreamVersion(version),
+        state,
+        taken_at: chrono::Utc::now(),
+    };
+    store
+        .save_snapshot(&doctored_snapshot(
+            5,
+            serde_json::to_value(&doctored).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let from_snapshot = kernel.load::<Organization>(&acme).await.unwrap();
+    assert_eq!(from_snapshot.version, StreamVersion(5));
+    assert_eq!(from_snapshot.state, doctored);
+    let no_snapshots = CommandHandler::new(Arc::clone(&store)).with_snapshot_every(0);
+    let gold = Tags::parse([("tier", "gold")]).unwrap();
+    no_snapshots
+        .handle::<Organization>(
+            &acme,
+            &OrgCommand::SetTags { tags: gold.clone() },
+            &fresh(&m),
+        )
+        .await
+        .unwrap();
+    let with_tail = kernel.load::<Organization>(&acme).await.unwrap();
+    assert_eq!(with_tail.version, StreamVersion(6));
+    let state = with_tail.state.0.unwrap();
+    assert_eq!(state.display_name.as_str(), "From Snapshot");
+    assert_eq!(state.tags, gold);
+
+    // A snapshot that no longer fits the aggregate is ignored: full replay.
+    store
+        .save_snapshot(&doctored_snapshot(6, json!({"not": "an organization"})))
+        .await
+        .unwrap();
+    let replayed = kernel.load::<Organization>(&acme).await.unwrap();
+    assert_eq!(replayed.version, StreamVersion(6));
+    let state = replayed.state.0.unwrap();
+    assert_eq!(state.display_name.as_str(), "Acme");
+    assert_eq!(state.tags, gold);
 }
 
 /// Concurrent commands on one aggregate: the kernel reloads and decides

@@ -60,7 +60,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: "text".to_owned(),
             migrate_on_start: true,
-            max_event_bytes: 1 << 20,
+            max_event_bytes: 512 * 1024,
             max_batch: 10_000,
             shutdown_grace_seconds: 10,
         }
