@@ -84,7 +84,7 @@ impl ErrorCode for StoreError {
 impl StoreError {
     /// Classifies a driver error: connection trouble is `Unavailable`, a
     /// missing table is `NotMigrated`, the rest is `Database`.
-    pub(crate) fn from_sqlx(error: sqlx::Error) -> Self {
+    pub fn from_sqlx(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut

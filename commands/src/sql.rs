@@ -11,7 +11,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::{AppendOutcome, Position, StoreError, StreamId, StreamVersion};
 
 /// The newest migration this build knows, for every backend.
-pub(crate) const LATEST_MIGRATION: i64 = 1;
+pub(crate) const LATEST_MIGRATION: i64 = 2;
 
 /// Readiness must answer fast even while the server is unreachable.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,15 +24,24 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// A migrator over the SQL files compiled into the binary.
-pub(crate) fn migrator(event_store_sql: &'static str) -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "event store".into(),
-        MigrationType::Simple,
-        event_store_sql.into_sql_str(),
-        false,
-    )])
+/// A migrator over the SQL files compiled into the binary, numbered from 1
+/// in order: `(description, sql)`.
+pub(crate) fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .zip(1..)
+            .map(|(&(description, sql), version)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Ready when the highest applied migration (what `applied` reads from

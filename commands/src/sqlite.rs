@@ -38,9 +38,16 @@ use crate::{
 };
 
 fn migrator() -> Migrator {
-    sql::migrator(include_str!(
-        "../../schema/migrations/sqlite/0001_event_store.sql"
-    ))
+    sql::migrator(&[
+        (
+            "event store",
+            include_str!("../../schema/migrations/sqlite/0001_event_store.sql"),
+        ),
+        (
+            "read models",
+            include_str!("../../schema/migrations/sqlite/0002_read_models.sql"),
+        ),
+    ])
 }
 
 macro_rules! event_columns {

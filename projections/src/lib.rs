@@ -1,10 +1,37 @@
-//! `charter-projections` will own Charter's read side: the projector trait,
-//! checkpointed runners that commit each read-model update together with
-//! its checkpoint, rebuilds, and as-of (time-travel) reads, on PostgreSQL
-//! (JSONB where a document fits) and on SQLite.
+//! `charter-projections` owns Charter's read side: the [`Projector`] trait,
+//! the document read models projectors write ([`ReadModels`], on PostgreSQL
+//! as JSONB and on SQLite as JSON text), the checkpointed
+//! [`ProjectionRunner`] that follows the log, and rebuilds.
 //!
-//! It follows the global log through `charter_commands::store::Subscription`,
-//! whose order is the commit order, and must never write events.
+//! Every batch a projector handles commits together with its checkpoint, in
+//! one transaction: a crash never applies an event twice nor loses one. A
+//! rebuild fills a new generation of a projection from the start of the log
+//! while the active generation keeps serving, then switches in one step.
 //!
-//! Nothing is implemented here yet: the organizations/roles/policies issue
-//! builds the first projectors on it.
+//! It follows the global log through
+//! [`charter_commands::store::Subscription`], whose order is the commit
+//! order, and it never writes events.
+
+pub mod error;
+pub mod organizations;
+pub mod postgres;
+pub mod projector;
+pub mod read_models;
+pub mod runner;
+pub mod sqlite;
+mod staged;
+
+pub use error::ProjectionError;
+pub use projector::{Documents, Projector};
+pub use read_models::{BatchOutcome, Document, ProjectionStatus, ReadModels, connect};
+pub use runner::{ProjectionRunner, RebuildReport, rebuild};
+
+/// Every projection Charter runs, in the order they start.
+pub fn projectors() -> Vec<std::sync::Arc<dyn Projector>> {
+    vec![std::sync::Arc::new(organizations::OrganizationsProjector)]
+}
+
+/// The projector of that name.
+pub fn projector(name: &str) -> Option<std::sync::Arc<dyn Projector>> {
+    projectors().into_iter().find(|p| p.name() == name)
+}

@@ -14,6 +14,7 @@ use charter_commands::bus::InProcessBus;
 use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher};
 use charter_commands::publish::EventPublisher;
 use charter_commands::relay::OutboxRelay;
+use charter_projections::{ProjectionRunner, ReadModels};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,6 +24,7 @@ use crate::http::{AppState, router};
 pub struct Application {
     config: Config,
     store: Arc<dyn EventStore>,
+    read_models: Arc<dyn ReadModels>,
     listener: TcpListener,
     address: SocketAddr,
     publisher: Arc<dyn EventPublisher>,
@@ -43,6 +45,13 @@ impl Application {
                 .await
                 .with_context(|| format!("migrating {}", config.database_url_redacted()))?;
         }
+        let read_models = charter_projections::connect(
+            &config.database_url,
+            config.database_schema.as_deref(),
+            4,
+        )
+        .await
+        .context("opening the read models")?;
         let (publisher, destination, bus): (Arc<dyn EventPublisher>, String, _) =
             match &config.nats_url {
                 Some(url) => {
@@ -73,6 +82,7 @@ impl Application {
         Ok(Self {
             config,
             store,
+            read_models,
             listener,
             address,
             publisher,
@@ -88,6 +98,10 @@ impl Application {
 
     pub fn store(&self) -> Arc<dyn EventStore> {
         Arc::clone(&self.store)
+    }
+
+    pub fn read_models(&self) -> Arc<dyn ReadModels> {
+        Arc::clone(&self.read_models)
     }
 
     /// The in-process bus, in the embedded mode.
@@ -110,6 +124,17 @@ impl Application {
         let published = relay.published();
         let (stop, stopped) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(wait_for_stop(stopped.clone())));
+        let projection_tasks: Vec<_> = charter_projections::projectors()
+            .into_iter()
+            .map(|projector| {
+                let runner = ProjectionRunner::new(
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.read_models),
+                    projector,
+                );
+                tokio::spawn(runner.run(wait_for_stop(stopped.clone())))
+            })
+            .collect();
         let upkeep = tokio::spawn(async {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -147,6 +172,9 @@ impl Application {
         let _ = stop.send(true);
         upkeep.abort();
         let _ = relay_task.await;
+        for task in projection_tasks {
+            let _ = task.await;
+        }
         tracing::info!(published = %*published.borrow(), "stopped");
         result
     }

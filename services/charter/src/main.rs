@@ -39,9 +39,24 @@ enum Command {
     Migrate,
     /// Print the event log as JSON lines.
     Events(EventsArgs),
+    /// Inspect and rebuild read-model projections.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Measure the store.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Each projection's generation, position and lag, as JSON lines.
+    Status,
+    /// Rebuild one projection from the log while the current one serves,
+    /// then switch to it.
+    Rebuild {
+        /// The projection, e.g. `organizations`.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -169,6 +184,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Projections(command) => projections(command, &config).await,
         Command::Bench(BenchCommand::Append {
             writers,
             batch,
@@ -181,6 +197,53 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Read { events }) => {
             let figures = bench::read(&config, events).await?;
             println!("{figures}");
+            Ok(())
+        }
+    }
+}
+
+async fn projections(command: ProjectionsCommand, config: &Config) -> anyhow::Result<()> {
+    let store = charter_commands::connect(&config.database_url, config.store_options()).await?;
+    store
+        .check_ready()
+        .await
+        .context("the store is not ready (run `charter migrate` first?)")?;
+    let models =
+        charter_projections::connect(&config.database_url, config.database_schema.as_deref(), 2)
+            .await?;
+    match command {
+        ProjectionsCommand::Status => {
+            let head = store.head().await?;
+            let known = models.statuses().await?;
+            for projector in charter_projections::projectors() {
+                let name = projector.name();
+                let status = known.iter().find(|s| s.name == name);
+                let position = status.map(|s| s.position).unwrap_or_default();
+                let lag = store.count_after(position, 10_000_000).await?;
+                let line = serde_json::json!({
+                    "name": name,
+                    "generation": status.map(|s| s.generation),
+                    "position": position,
+                    "head": head,
+                    "lag_events": lag,
+                    "rebuilding": status.and_then(|s| s.rebuilding).map(|(generation, position)| {
+                        serde_json::json!({"generation": generation, "position": position})
+                    }),
+                });
+                println!("{line}");
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Rebuild { name } => {
+            let projector = charter_projections::projector(&name).with_context(|| {
+                let known: Vec<_> = charter_projections::projectors()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect();
+                format!("unknown projection `{name}` (known: {})", known.join(", "))
+            })?;
+            let report = charter_projections::rebuild(&*store, &*models, &*projector, 1000).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
     }

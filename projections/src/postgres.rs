@@ -1,0 +1,397 @@
+//! Read models on PostgreSQL: documents as JSONB, one transaction per batch
+//! holding the projection's row lock, its documents and its checkpoint.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use charter_commands::{Position, RecordedEvent};
+use charter_domain::OrgName;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::read_models::{fold_statuses, generation_arg, generation_of, to_i64, to_u64};
+use crate::staged::{Change, DocLoader, StagedDocuments};
+use crate::{BatchOutcome, Document, ProjectionError, ProjectionStatus, Projector, ReadModels};
+
+pub struct PostgresReadModels {
+    pool: PgPool,
+}
+
+fn db(error: sqlx::Error) -> ProjectionError {
+    ProjectionError::database(error)
+}
+
+impl PostgresReadModels {
+    /// Connects lazily to the database (and schema) of the event store.
+    pub async fn connect(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, ProjectionError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| ProjectionError::Database(e.to_string()))?
+            .application_name("charter-projections");
+        if let Some(schema) = schema {
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+}
+
+struct PgLoader<'c> {
+    conn: &'c mut PgConnection,
+    projection: &'c str,
+    generation: i32,
+}
+
+#[async_trait]
+impl DocLoader for PgLoader<'_> {
+    async fn load(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Value>, ProjectionError> {
+        sqlx::query_scalar(
+            "SELECT doc FROM read_models
+              WHERE projection = $1 AND generation = $2 AND collection = $3 AND key = $4",
+        )
+        .bind(self.projection)
+        .bind(self.generation)
+        .bind(collection)
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(db)
+    }
+}
+
+fn document(row: &PgRow) -> Result<Document, ProjectionError> {
+    let collection: String = row.try_get(0).map_err(db)?;
+    let key: String = row.try_get(1).map_err(db)?;
+    let org: String = row.try_get(2).map_err(db)?;
+    let org = OrgName::parse(org).map_err(|e| ProjectionError::MalformedDocument {
+        collection: collection.clone(),
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Document {
+        collection,
+        key,
+        org,
+        doc: row.try_get(3).map_err(db)?,
+        position: Position(to_u64(row.try_get(4).map_err(db)?)),
+    })
+}
+
+async fn flush(
+    conn: &mut PgConnection,
+    projection: &str,
+    generation: i32,
+    changes: std::collections::BTreeMap<(String, String), Change>,
+) -> Result<(), ProjectionError> {
+    let (mut put_collections, mut put_keys, mut orgs, mut docs, mut positions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut del_collections, mut del_keys) = (Vec::new(), Vec::new());
+    for ((collection, key), change) in changes {
+        match change {
+            Change::Put { org, doc, position } => {
+                put_collections.push(collection);
+                put_keys.push(key);
+                orgs.push(org.to_string());
+                docs.push(doc);
+                positions.push(to_i64(position.0));
+            }
+            Change::Delete => {
+                del_collections.push(collection);
+                del_keys.push(key);
+            }
+        }
+    }
+    if !put_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO read_models (projection, generation, collection, key, org, doc, position)
+             SELECT $1, $2, c, k, o, d, p
+               FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int8[])
+                    AS u(c, k, o, d, p)
+             ON CONFLICT (projection, generation, collection, key) DO UPDATE
+                SET org = excluded.org, doc = excluded.doc, position = excluded.position",
+        )
+        .bind(projection)
+        .bind(generation)
+        .bind(put_collections)
+        .bind(put_keys)
+        .bind(orgs)
+        .bind(docs)
+        .bind(positions)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    if !del_keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM read_models r
+              USING unnest($3::text[], $4::text[]) AS d(c, k)
+              WHERE r.projection = $1 AND r.generation = $2
+                AND r.collection = d.c AND r.key = d.k",
+        )
+        .bind(projection)
+        .bind(generation)
+        .bind(del_collections)
+        .bind(del_keys)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ReadModels for PostgresReadModels {
+    async fn register(&self, name: &str) -> Result<u32, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "INSERT INTO projections (name, active_generation) VALUES ($1, 1)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, generation, position) VALUES ($1, 1, 0)
+             ON CONFLICT (name, generation) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.active_generation(name).await
+    }
+
+    async fn active_generation(&self, name: &str) -> Result<u32, ProjectionError> {
+        let generation: Option<i32> =
+            sqlx::query_scalar("SELECT active_generation FROM projections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        generation
+            .map(generation_of)
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))
+    }
+
+    async fn checkpoint(&self, name: &str, generation: u32) -> Result<Position, ProjectionError> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM projection_checkpoints WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(generation_arg(generation))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        position
+            .map(|p| Position(to_u64(p)))
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))
+    }
+
+    async fn apply_batch(
+        &self,
+        projector: &dyn Projector,
+        generation: u32,
+        events: &[RecordedEvent],
+        only_if_active: bool,
+    ) -> Result<BatchOutcome, ProjectionError> {
+        let name = projector.name();
+        let generation = generation_arg(generation);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The projection's row lock orders this batch against the other
+        // runner of the same projection and against an activation.
+        let active: Option<i32> = sqlx::query_scalar(
+            "SELECT active_generation FROM projections WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let active = active.ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
+        if only_if_active && active != generation {
+            return Ok(BatchOutcome::Superseded {
+                active: generation_of(active),
+            });
+        }
+        let checkpoint: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM projection_checkpoints
+              WHERE name = $1 AND generation = $2 FOR UPDATE",
+        )
+        .bind(name)
+        .bind(generation)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let checkpoint =
+            Position(to_u64(checkpoint.ok_or_else(|| {
+                ProjectionError::UnknownProjection(name.to_owned())
+            })?));
+        let fresh: Vec<&RecordedEvent> =
+            events.iter().filter(|e| e.position > checkpoint).collect();
+        let Some(last) = fresh.last().map(|e| e.position) else {
+            return Ok(BatchOutcome::Applied(checkpoint));
+        };
+        let changes = {
+            let mut loader = PgLoader {
+                conn: &mut tx,
+                projection: name,
+                generation,
+            };
+            let mut staged = StagedDocuments::new(&mut loader);
+            for event in fresh {
+                staged.position = event.position;
+                if projector.wants(event) {
+                    projector.apply(event, &mut staged).await?;
+                }
+            }
+            staged.changes
+        };
+        flush(&mut tx, name, generation, changes).await?;
+        sqlx::query(
+            "UPDATE projection_checkpoints SET position = $3, updated_at = now()
+              WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(generation)
+        .bind(to_i64(last.0))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(BatchOutcome::Applied(last))
+    }
+
+    async fn new_generation(&self, name: &str) -> Result<u32, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let next: Option<i32> = sqlx::query_scalar(
+            "SELECT max(generation) + 1 FROM projection_checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let next = next.ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, generation, position) VALUES ($1, $2, 0)",
+        )
+        .bind(name)
+        .bind(next)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(generation_of(next))
+    }
+
+    async fn activate(&self, name: &str, generation: u32) -> Result<(), ProjectionError> {
+        let generation = generation_arg(generation);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let updated = sqlx::query(
+            "UPDATE projections SET active_generation = $2, updated_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if updated.rows_affected() == 0 {
+            return Err(ProjectionError::UnknownProjection(name.to_owned()));
+        }
+        for statement in [
+            "DELETE FROM read_models WHERE projection = $1 AND generation <> $2",
+            "DELETE FROM projection_checkpoints WHERE name = $1 AND generation <> $2",
+        ] {
+            sqlx::query(statement)
+                .bind(name)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn statuses(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT p.name, p.active_generation, c.generation, c.position
+               FROM projections p JOIN projection_checkpoints c ON c.name = p.name
+              ORDER BY p.name, c.generation",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(db)?,
+                    generation_of(row.try_get(1).map_err(db)?),
+                    generation_of(row.try_get(2).map_err(db)?),
+                    Position(to_u64(row.try_get(3).map_err(db)?)),
+                ))
+            })
+            .collect::<Result<Vec<_>, ProjectionError>>()
+            .map(fold_statuses)
+    }
+
+    async fn get(
+        &self,
+        projection: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, ProjectionError> {
+        let row = sqlx::query(
+            "SELECT r.collection, r.key, r.org, r.doc, r.position
+               FROM read_models r JOIN projections p
+                 ON p.name = r.projection AND p.active_generation = r.generation
+              WHERE r.projection = $1 AND r.collection = $2 AND r.key = $3",
+        )
+        .bind(projection)
+        .bind(collection)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(document).transpose()
+    }
+
+    async fn list(
+        &self,
+        projection: &str,
+        collection: &str,
+        org: &OrgName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT r.collection, r.key, r.org, r.doc, r.position
+               FROM read_models r JOIN projections p
+                 ON p.name = r.projection AND p.active_generation = r.generation
+              WHERE r.projection = $1 AND r.collection = $2 AND r.org = $3
+                AND ($4::text IS NULL OR r.key > $4)
+              ORDER BY r.key LIMIT $5",
+        )
+        .bind(projection)
+        .bind(collection)
+        .bind(org.as_str())
+        .bind(after)
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(document).collect()
+    }
+}

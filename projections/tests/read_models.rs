@@ -1,0 +1,448 @@
+//! The read side against both backends: projections follow the log, apply
+//! each batch exactly once with its checkpoint, and rebuild while serving.
+//! Each test owns a PostgreSQL schema or a SQLite file.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use charter_commands::postgres::PostgresStore;
+use charter_commands::sqlite::SqliteStore;
+use charter_commands::store::{StoreOptions, wait_for_position};
+use charter_commands::{CommandHandler, CommandMeta, EventStore, Position, RecordedEvent};
+use charter_domain::organization::{DisplayName, OrgCommand, Organization, Tags};
+use charter_domain::{Actor, Aggregate, OrgName};
+use charter_projections::organizations::{COLLECTION, OrganizationsProjector, PROJECTION};
+use charter_projections::{
+    BatchOutcome, Documents, ProjectionError, ProjectionRunner, Projector, ReadModels, rebuild,
+};
+use serde_json::json;
+use sqlx::Connection;
+use tokio::sync::watch;
+
+fn test_database_url() -> String {
+    std::env::var("CHARTER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A store and its read models; the schema or file goes away on drop.
+struct Backend {
+    store: Arc<dyn EventStore>,
+    models: Arc<dyn ReadModels>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Schema(String),
+    File(std::path::PathBuf),
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut name = path.clone().into_os_string();
+                    name.push(suffix);
+                    let _ = std::fs::remove_file(name);
+                }
+            }
+            Cleanup::Schema(name) => {
+                let name = name.clone();
+                let _ = std::thread::spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    runtime.block_on(async {
+                        if let Ok(mut conn) =
+                            sqlx::PgConnection::connect(&test_database_url()).await
+                        {
+                            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                                .execute(&mut conn)
+                                .await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+async fn postgres() -> Backend {
+    let schema = format!("p_{}", uuid::Uuid::now_v7().simple());
+    let store = PostgresStore::connect(
+        &test_database_url(),
+        StoreOptions {
+            schema: Some(schema.clone()),
+            max_connections: 4,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let models = charter_projections::connect(&test_database_url(), Some(&schema), 4)
+        .await
+        .unwrap();
+    Backend {
+        store: Arc::new(store),
+        models,
+        cleanup: Cleanup::Schema(schema),
+    }
+}
+
+async fn sqlite() -> Backend {
+    let path = std::env::temp_dir().join(format!("charter-rm-{}.db", uuid::Uuid::now_v7()));
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let models = charter_projections::connect(&url, None, 4).await.unwrap();
+    Backend {
+        store: Arc::new(store),
+        models,
+        cleanup: Cleanup::File(path),
+    }
+}
+
+fn org(name: &str) -> OrgName {
+    OrgName::parse(name).unwrap()
+}
+
+fn meta(name: &str) -> CommandMeta {
+    CommandMeta::new(
+        Organization::KIND,
+        org(name),
+        Actor::parse("user:root").unwrap(),
+    )
+}
+
+async fn register(kernel: &CommandHandler, name: &str) -> Position {
+    kernel
+        .handle::<Organization>(
+            &org(name),
+            &OrgCommand::Register {
+                name: org(name),
+                display_name: DisplayName::parse(name.to_uppercase()).unwrap(),
+                tags: Tags::default(),
+                parent: None,
+            },
+            &meta(name),
+        )
+        .await
+        .unwrap()
+        .position
+        .unwrap()
+}
+
+struct Running {
+    visible: watch::Receiver<Position>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn wait(&mut self, position: Position) {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.visible.wait_for(|p| *p >= position),
+        )
+        .await
+        .expect("the projection never reached the position")
+        .unwrap();
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+    }
+}
+
+fn start(backend: &Backend, projector: Arc<dyn Projector>) -> Running {
+    let runner = ProjectionRunner::new(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.models),
+        projector,
+    )
+    .with_batch(7);
+    let visible = runner.visible();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(runner.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Running {
+        visible,
+        stop,
+        task,
+    }
+}
+
+async fn organizations_follow_the_log(backend: Backend) {
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let mut running = start(&backend, Arc::new(OrganizationsProjector));
+    register(&kernel, "acme").await;
+    register(&kernel, "beta").await;
+    let renamed = kernel
+        .handle::<Organization>(
+            &org("acme"),
+            &OrgCommand::Rename {
+                display_name: DisplayName::parse("Acme Corp").unwrap(),
+            },
+            &meta("acme"),
+        )
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    running.wait(renamed).await;
+    let acme = backend
+        .models
+        .get(PROJECTION, COLLECTION, "acme")
+        .await
+        .unwrap()
+        .expect("acme is projected");
+    assert_eq!(acme.doc["display_name"], "Acme Corp");
+    assert_eq!(acme.doc["lifecycle"], "requested");
+    assert_eq!(acme.doc["version"], 2);
+    assert_eq!(acme.position, renamed);
+    assert!(acme.doc["created_at"].is_string());
+    // An org's list holds its documents and nobody else's.
+    let listed = backend
+        .models
+        .list(PROJECTION, COLLECTION, &org("acme"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, "acme");
+    let after = backend
+        .models
+        .list(PROJECTION, COLLECTION, &org("acme"), Some("acme"), 10)
+        .await
+        .unwrap();
+    assert!(after.is_empty());
+    // Read-your-writes from another process's point of view.
+    backend
+        .models
+        .wait_for(PROJECTION, renamed, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let err = backend
+        .models
+        .wait_for(
+            PROJECTION,
+            Position(renamed.0 + 1_000_000_000),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::NotYetVisible(_)), "{err:?}");
+    let statuses = backend.models.statuses().await.unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].position, renamed);
+    running.stop().await;
+}
+
+/// Counts every event into one document, so a double application shows.
+/// When `fail` is set it fails on every third event, after staging writes.
+struct Counter {
+    fail: AtomicBool,
+}
+
+#[async_trait]
+impl Projector for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn wants(&self, _: &RecordedEvent) -> bool {
+        true
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        let count = docs
+            .get("counts", "all")
+            .await?
+            .and_then(|d| d["count"].as_u64())
+            .unwrap_or(0);
+        docs.put("counts", "all", &event.org, json!({"count": count + 1}));
+        if self.fail.load(Ordering::SeqCst) && count % 3 == 2 {
+            return Err(ProjectionError::Projector {
+                projection: "counter".into(),
+                position: event.position,
+                reason: "induced failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn count(backend: &Backend) -> Option<u64> {
+    backend
+        .models
+        .get("counter", "counts", "all")
+        .await
+        .unwrap()
+        .and_then(|d| d.doc["count"].as_u64())
+}
+
+async fn batches_apply_exactly_once(backend: Backend) {
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let mut last = Position::START;
+    for i in 0..5 {
+        last = register(&kernel, &format!("o{i}")).await;
+    }
+    assert!(
+        wait_for_position(&*backend.store, last, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let events = backend.store.read_all(Position::START, 100).await.unwrap();
+    assert_eq!(events.len(), 5);
+    let counter = Counter {
+        fail: AtomicBool::new(true),
+    };
+    let generation = backend.models.register("counter").await.unwrap();
+    // A failure mid-batch rolls the whole batch back, checkpoint included.
+    let err = backend
+        .models
+        .apply_batch(&counter, generation, &events, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Projector { .. }), "{err:?}");
+    assert_eq!(count(&backend).await, None);
+    assert_eq!(
+        backend
+            .models
+            .checkpoint("counter", generation)
+            .await
+            .unwrap(),
+        Position::START
+    );
+    // Fixed, it applies once; the same batch again (a crash between commit
+    // and the runner moving on) changes nothing.
+    counter.fail.store(false, Ordering::SeqCst);
+    for _ in 0..2 {
+        let outcome = backend
+            .models
+            .apply_batch(&counter, generation, &events, true)
+            .await
+            .unwrap();
+        assert_eq!(outcome, BatchOutcome::Applied(last));
+        assert_eq!(count(&backend).await, Some(5));
+    }
+    // Overlapping batches apply only what is new.
+    let more = register(&kernel, "late").await;
+    assert!(
+        wait_for_position(&*backend.store, more, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let all = backend.store.read_all(Position::START, 100).await.unwrap();
+    backend
+        .models
+        .apply_batch(&counter, generation, &all, true)
+        .await
+        .unwrap();
+    assert_eq!(count(&backend).await, Some(6));
+    // A generation that is not active writes nothing.
+    assert_eq!(
+        backend
+            .models
+            .apply_batch(&counter, generation + 1, &all, true)
+            .await
+            .unwrap(),
+        BatchOutcome::Superseded { active: generation }
+    );
+}
+
+async fn rebuild_switches_while_serving(backend: Backend) {
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let mut running = start(&backend, Arc::new(OrganizationsProjector));
+    let mut last = Position::START;
+    for i in 0..20 {
+        last = register(&kernel, &format!("org{i}")).await;
+    }
+    running.wait(last).await;
+    let before = backend
+        .models
+        .get(PROJECTION, COLLECTION, "org7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.models.statuses().await.unwrap()[0].generation, 1);
+
+    let report = rebuild(
+        &*backend.store,
+        &*backend.models,
+        &OrganizationsProjector,
+        6,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.generation, 2);
+    assert_eq!(report.events, 20);
+    let after = backend
+        .models
+        .get(PROJECTION, COLLECTION, "org7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, before, "a rebuild reproduces the same documents");
+    let statuses = backend.models.statuses().await.unwrap();
+    assert_eq!(statuses[0].generation, 2);
+    assert_eq!(statuses[0].rebuilding, None);
+
+    // The live runner carries on in the new generation.
+    let newer = register(&kernel, "newcomer").await;
+    running.wait(newer).await;
+    backend
+        .models
+        .wait_for(PROJECTION, newer, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let newcomer = backend
+        .models
+        .get(PROJECTION, COLLECTION, "newcomer")
+        .await
+        .unwrap();
+    assert!(newcomer.is_some(), "the runner did not follow the switch");
+    running.stop().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::postgres().await).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    organizations_follow_the_log,
+    batches_apply_exactly_once,
+    rebuild_switches_while_serving,
+);
