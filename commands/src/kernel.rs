@@ -165,7 +165,7 @@ impl CommandHandler {
         loop {
             attempt += 1;
             let Loaded { mut state, version } = self.load_stream::<A>(&stream).await?;
-            let events = state.decide(command).map_err(CommandError::Rejected)?;
+            let events = state.decide(id, command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(CommandOutcome {
                     stream_id: stream,

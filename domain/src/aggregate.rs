@@ -37,9 +37,14 @@ pub trait Aggregate:
     type Event: DomainEvent;
     type Rejection: std::error::Error + ErrorCode + Clone + PartialEq + Send + Sync + 'static;
 
-    /// Decides what a command means against the current state. Returning no
-    /// events means the command is already satisfied.
-    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
+    /// Decides what a command to the instance `id` means against the
+    /// current state. Returning no events means the command is already
+    /// satisfied.
+    fn decide(
+        &self,
+        id: &Self::Id,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Rejection>;
 
     /// Folds one event into the state. Must accept every event `decide` emits.
     fn evolve(&mut self, event: &Self::Event);
@@ -81,14 +86,25 @@ impl EventParts {
     pub fn from_event<E: DomainEvent>(event: &E) -> Result<Self, EventDecodeError> {
         let value =
             serde_json::to_value(event).map_err(|e| EventDecodeError::Serialize(e.to_string()))?;
-        let payload = match value {
-            Value::Object(mut map) => map.remove("data").unwrap_or(Value::Null),
+        let (tag, payload) = match value {
+            Value::Object(mut map) => (
+                map.remove("type"),
+                map.remove("data").unwrap_or(Value::Null),
+            ),
             other => {
                 return Err(EventDecodeError::Serialize(format!(
                     "expected an adjacently tagged object, got {other}"
                 )));
             }
         };
+        // The serde tag is what decoding matches on, so it must be the
+        // stored type: a mismatch would write events nobody can read.
+        if tag.as_ref().and_then(Value::as_str) != Some(event.event_type()) {
+            return Err(EventDecodeError::Serialize(format!(
+                "event_type() says `{}` but the serde tag is {tag:?}",
+                event.event_type()
+            )));
+        }
         Ok(Self {
             event_type: event.event_type().to_owned(),
             schema_version: event.schema_version(),

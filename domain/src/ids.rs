@@ -99,6 +99,45 @@ label_type!(
     OrgName,
     "organization name"
 );
+label_type!(
+    /// A subject's name (user, service account, agent), unique in its org.
+    SubjectName,
+    "subject name"
+);
+label_type!(
+    /// A role's name, unique in its org.
+    RoleName,
+    "role name"
+);
+label_type!(
+    /// A role binding's name, unique in its org.
+    BindingName,
+    "role binding name"
+);
+label_type!(
+    /// A job space's name, unique in its org.
+    JobSpaceName,
+    "job space name"
+);
+
+/// The identity of an object that lives inside one org: `org:name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Scoped<N> {
+    pub org: OrgName,
+    pub name: N,
+}
+
+impl<N> Scoped<N> {
+    pub fn new(org: OrgName, name: N) -> Self {
+        Self { org, name }
+    }
+}
+
+impl<N: fmt::Display> fmt::Display for Scoped<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.org, self.name)
+    }
+}
 
 macro_rules! uuid_type {
     ($(#[$doc:meta])* $name:ident) => {

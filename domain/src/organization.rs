@@ -152,8 +152,8 @@ pub struct Organization(pub Option<OrgState>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrgCommand {
+    /// Registers the org named by the command's id.
     Register {
-        name: OrgName,
         display_name: DisplayName,
         tags: Tags,
         parent: Option<OrgName>,
@@ -280,13 +280,12 @@ impl Aggregate for Organization {
     type Event = OrgEvent;
     type Rejection = OrgRejection;
 
-    fn decide(&self, command: &OrgCommand) -> Result<Vec<OrgEvent>, OrgRejection> {
+    fn decide(&self, name: &OrgName, command: &OrgCommand) -> Result<Vec<OrgEvent>, OrgRejection> {
         use Lifecycle::*;
         let state = match (&self.0, command) {
             (
                 None,
                 OrgCommand::Register {
-                    name,
                     display_name,
                     tags,
                     parent,
@@ -455,6 +454,10 @@ mod tests {
         OrgName::parse(s).unwrap()
     }
 
+    fn acme() -> OrgName {
+        name("acme")
+    }
+
     fn registered(n: &str) -> OrgEvent {
         OrgEvent::Registered {
             name: name(n),
@@ -466,7 +469,6 @@ mod tests {
 
     fn register(n: &str) -> OrgCommand {
         OrgCommand::Register {
-            name: name(n),
             display_name: DisplayName::parse(n.to_uppercase()).unwrap(),
             tags: Tags::default(),
             parent: None,
@@ -483,37 +485,36 @@ mod tests {
 
     #[test]
     fn registers_once() {
-        given::<Organization>([])
+        given::<Organization>(&acme(), [])
             .when(register("acme"))
             .then_expect([registered("acme")]);
-        given::<Organization>([registered("acme")])
+        given::<Organization>(&acme(), [registered("acme")])
             .when(register("acme"))
             .then_reject(OrgRejection::AlreadyRegistered(name("acme")));
     }
 
     #[test]
     fn unregistered_org_rejects_everything_but_register() {
-        given::<Organization>([])
+        given::<Organization>(&acme(), [])
             .when(OrgCommand::Archive)
             .then_reject(OrgRejection::NotRegistered);
     }
 
     #[test]
     fn own_parent_is_rejected() {
-        given::<Organization>([])
+        given::<Organization>(&name("a"), [])
             .when(OrgCommand::Register {
-                name: name("a"),
                 display_name: DisplayName::parse("A").unwrap(),
                 tags: Tags::default(),
                 parent: Some(name("a")),
             })
             .then_reject(OrgRejection::OwnParent);
-        given::<Organization>([registered("a")])
+        given::<Organization>(&name("a"), [registered("a")])
             .when(OrgCommand::SetParent {
                 parent: Some(name("a")),
             })
             .then_reject(OrgRejection::OwnParent);
-        given::<Organization>([registered("a")])
+        given::<Organization>(&name("a"), [registered("a")])
             .when(OrgCommand::SetParent {
                 parent: Some(name("b")),
             })
@@ -524,14 +525,14 @@ mod tests {
 
     #[test]
     fn lifecycle_follows_its_transitions() {
-        let state = given::<Organization>([registered("acme")])
+        let state = given::<Organization>(&acme(), [registered("acme")])
             .when(OrgCommand::BeginProvisioning)
             .then_expect([OrgEvent::ProvisioningStarted {}]);
         assert_eq!(state.0.unwrap().lifecycle, Lifecycle::Provisioning);
-        given::<Organization>([registered("acme")])
+        given::<Organization>(&acme(), [registered("acme")])
             .when(OrgCommand::Suspend { reason: "x".into() })
             .then_reject_code("org_invalid_transition");
-        given::<Organization>(active("acme"))
+        given::<Organization>(&acme(), active("acme"))
             .when(OrgCommand::Suspend {
                 reason: "billing".into(),
             })
@@ -540,16 +541,16 @@ mod tests {
             }]);
         let mut suspended = active("acme");
         suspended.push(OrgEvent::Suspended { reason: "b".into() });
-        given::<Organization>(suspended.clone())
+        given::<Organization>(&acme(), suspended.clone())
             .when(OrgCommand::Suspend { reason: "b".into() })
             .then_nothing();
-        given::<Organization>(suspended.clone())
+        given::<Organization>(&acme(), suspended.clone())
             .when(OrgCommand::Resume)
             .then_expect([OrgEvent::Resumed {}]);
-        given::<Organization>(active("acme"))
+        given::<Organization>(&acme(), active("acme"))
             .when(OrgCommand::Resume)
             .then_nothing();
-        given::<Organization>(active("acme"))
+        given::<Organization>(&acme(), active("acme"))
             .when(OrgCommand::Suspend {
                 reason: String::new(),
             })
@@ -560,27 +561,27 @@ mod tests {
     fn archived_orgs_are_frozen() {
         let mut archived = active("acme");
         archived.push(OrgEvent::Archived {});
-        given::<Organization>(archived.clone())
+        given::<Organization>(&acme(), archived.clone())
             .when(OrgCommand::Rename {
                 display_name: DisplayName::parse("New").unwrap(),
             })
             .then_reject(OrgRejection::Archived(name("acme")));
-        given::<Organization>(archived.clone())
+        given::<Organization>(&acme(), archived.clone())
             .when(OrgCommand::Archive)
             .then_nothing();
-        given::<Organization>(archived)
+        given::<Organization>(&acme(), archived)
             .when(OrgCommand::Resume)
             .then_reject_code("org_archived");
     }
 
     #[test]
     fn unchanged_values_emit_nothing() {
-        given::<Organization>([registered("acme")])
+        given::<Organization>(&acme(), [registered("acme")])
             .when(OrgCommand::Rename {
                 display_name: DisplayName::parse("ACME").unwrap(),
             })
             .then_nothing();
-        given::<Organization>([registered("acme")])
+        given::<Organization>(&acme(), [registered("acme")])
             .when(OrgCommand::SetTags {
                 tags: Tags::default(),
             })
@@ -664,7 +665,7 @@ mod tests {
             let mut state = Organization::default();
             let mut log = Vec::new();
             for command in &commands {
-                if let Ok(events) = state.decide(command) {
+                if let Ok(events) = state.decide(&acme(), command) {
                     for event in events {
                         state.evolve(&event);
                         let parts = EventParts::from_event(&event).unwrap();

@@ -5,22 +5,24 @@
 //! use charter_domain::testing::given;
 //! # let name = charter_domain::OrgName::parse("acme").unwrap();
 //! # let display = DisplayName::parse("Acme").unwrap();
-//! given::<Organization>([])
-//!     .when(OrgCommand::Register { name: name.clone(), display_name: display.clone(), tags: Tags::default(), parent: None })
+//! given::<Organization>(&name, [])
+//!     .when(OrgCommand::Register { display_name: display.clone(), tags: Tags::default(), parent: None })
 //!     .then_expect([OrgEvent::Registered { name, display_name: display, tags: Tags::default(), parent: None }]);
 //! ```
 
 use crate::{Aggregate, ErrorCode};
 
-/// A past: the events already in the stream.
+/// A past: the events already in the stream of the instance `id`.
 pub struct Given<A: Aggregate> {
+    id: A::Id,
     state: A,
 }
 
-/// Starts a scenario from these past events.
-pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+/// Starts a scenario for the instance `id` from these past events.
+pub fn given<A: Aggregate>(id: &A::Id, events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let history: Vec<A::Event> = events.into_iter().collect();
     Given {
+        id: id.clone(),
         state: A::replay(&history),
     }
 }
@@ -28,7 +30,7 @@ pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<
 impl<A: Aggregate> Given<A> {
     /// Runs one command against the state.
     pub fn when(self, command: A::Command) -> Then<A> {
-        let result = self.state.decide(&command);
+        let result = self.state.decide(&self.id, &command);
         Then {
             state: self.state,
             command,

@@ -129,7 +129,6 @@ async fn register(kernel: &CommandHandler, name: &str) -> Position {
         .handle::<Organization>(
             &org(name),
             &OrgCommand::Register {
-                name: org(name),
                 display_name: DisplayName::parse(name.to_uppercase()).unwrap(),
                 tags: Tags::default(),
                 parent: None,

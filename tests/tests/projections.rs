@@ -51,7 +51,6 @@ async fn serve_projects_and_the_cli_rebuilds() {
             .handle::<Organization>(
                 &org,
                 &OrgCommand::Register {
-                    name: org.clone(),
                     display_name: DisplayName::parse(name.to_uppercase()).unwrap(),
                     tags: Tags::default(),
                     parent: None,

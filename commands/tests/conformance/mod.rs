@@ -708,7 +708,6 @@ pub async fn kernel_handles_commands(h: &dyn Harness) {
         Actor::parse("user:root").unwrap(),
     );
     let register = OrgCommand::Register {
-        name: acme.clone(),
         display_name: DisplayName::parse("Acme").unwrap(),
         tags: Tags::default(),
         parent: None,
@@ -880,7 +879,6 @@ pub async fn kernel_retries_on_conflict(h: &dyn Harness) {
         .handle::<Organization>(
             &acme,
             &OrgCommand::Register {
-                name: acme.clone(),
                 display_name: DisplayName::parse("Acme").unwrap(),
                 tags: Tags::default(),
                 parent: None,
