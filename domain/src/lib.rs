@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod error;
 pub mod ids;
 pub mod organization;
+pub mod role;
 pub mod subject;
 pub mod testing;
 pub mod upcast;

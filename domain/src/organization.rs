@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::ids::{InvalidName, check_dns_label};
+use crate::ids::{InvalidName, JobSpaceName, check_dns_label};
 use crate::upcast::Upcasters;
 use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode, OrgName};
 
@@ -144,7 +144,13 @@ pub struct OrgState {
     pub parent: Option<OrgName>,
     pub lifecycle: Lifecycle,
     pub suspension_reason: Option<String>,
+    /// The org's job spaces and their display names.
+    #[serde(default)]
+    pub job_spaces: BTreeMap<JobSpaceName, DisplayName>,
 }
+
+/// At most this many job spaces in one org.
+pub const MAX_JOB_SPACES: usize = 100;
 
 /// The Organization aggregate; `None` until registered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,6 +182,14 @@ pub enum OrgCommand {
     },
     Resume,
     Archive,
+    /// Creates a job space, or changes its display name.
+    SetJobSpace {
+        name: JobSpaceName,
+        display_name: DisplayName,
+    },
+    RemoveJobSpace {
+        name: JobSpaceName,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +217,13 @@ pub enum OrgEvent {
     },
     Resumed {},
     Archived {},
+    JobSpaceSet {
+        name: JobSpaceName,
+        display_name: DisplayName,
+    },
+    JobSpaceRemoved {
+        name: JobSpaceName,
+    },
 }
 
 impl DomainEvent for OrgEvent {
@@ -217,6 +238,8 @@ impl DomainEvent for OrgEvent {
             Self::Suspended { .. } => "Suspended",
             Self::Resumed {} => "Resumed",
             Self::Archived {} => "Archived",
+            Self::JobSpaceSet { .. } => "JobSpaceSet",
+            Self::JobSpaceRemoved { .. } => "JobSpaceRemoved",
         }
     }
 
@@ -249,6 +272,10 @@ pub enum OrgRejection {
     },
     #[error("suspension reason must be 1 to {MAX_REASON_CHARS} characters")]
     InvalidReason,
+    #[error("job space `{0}` does not exist")]
+    UnknownJobSpace(JobSpaceName),
+    #[error("an organization holds at most {MAX_JOB_SPACES} job spaces")]
+    TooManyJobSpaces,
 }
 
 impl ErrorCode for OrgRejection {
@@ -260,6 +287,8 @@ impl ErrorCode for OrgRejection {
             Self::OwnParent => "org_own_parent",
             Self::InvalidTransition { .. } => "org_invalid_transition",
             Self::InvalidReason => "org_invalid_reason",
+            Self::UnknownJobSpace(_) => "unknown_job_space",
+            Self::TooManyJobSpaces => "too_many_job_spaces",
         }
     }
 
@@ -267,7 +296,10 @@ impl ErrorCode for OrgRejection {
         match self {
             Self::AlreadyRegistered(_) => ErrorClass::AlreadyExists,
             Self::NotRegistered => ErrorClass::NotFound,
-            Self::OwnParent | Self::InvalidReason => ErrorClass::InvalidInput,
+            Self::OwnParent | Self::InvalidReason | Self::TooManyJobSpaces => {
+                ErrorClass::InvalidInput
+            }
+            Self::UnknownJobSpace(_) => ErrorClass::NotFound,
             Self::Archived(_) | Self::InvalidTransition { .. } => ErrorClass::FailedPrecondition,
         }
     }
@@ -376,6 +408,22 @@ impl Aggregate for Organization {
                 _ => return Err(transition("resume")),
             },
             OrgCommand::Archive => vec![OrgEvent::Archived {}],
+            OrgCommand::SetJobSpace { name, display_name } => match state.job_spaces.get(name) {
+                Some(current) if current == display_name => vec![],
+                None if state.job_spaces.len() >= MAX_JOB_SPACES => {
+                    return Err(OrgRejection::TooManyJobSpaces);
+                }
+                _ => vec![OrgEvent::JobSpaceSet {
+                    name: name.clone(),
+                    display_name: display_name.clone(),
+                }],
+            },
+            OrgCommand::RemoveJobSpace { name } => {
+                if !state.job_spaces.contains_key(name) {
+                    return Err(OrgRejection::UnknownJobSpace(name.clone()));
+                }
+                vec![OrgEvent::JobSpaceRemoved { name: name.clone() }]
+            }
         };
         Ok(events)
     }
@@ -395,6 +443,7 @@ impl Aggregate for Organization {
                 parent: parent.clone(),
                 lifecycle: Lifecycle::Requested,
                 suspension_reason: None,
+                job_spaces: BTreeMap::new(),
             });
             return;
         }
@@ -417,6 +466,12 @@ impl Aggregate for Organization {
                 state.suspension_reason = None;
             }
             OrgEvent::Archived {} => state.lifecycle = Lifecycle::Archived,
+            OrgEvent::JobSpaceSet { name, display_name } => {
+                state.job_spaces.insert(name.clone(), display_name.clone());
+            }
+            OrgEvent::JobSpaceRemoved { name } => {
+                state.job_spaces.remove(name);
+            }
         }
     }
 }
@@ -589,6 +644,40 @@ mod tests {
     }
 
     #[test]
+    fn job_spaces_are_set_and_removed() {
+        let research = JobSpaceName::parse("research").unwrap();
+        let set = OrgEvent::JobSpaceSet {
+            name: research.clone(),
+            display_name: DisplayName::parse("Research").unwrap(),
+        };
+        given::<Organization>(&acme(), active("acme"))
+            .when(OrgCommand::SetJobSpace {
+                name: research.clone(),
+                display_name: DisplayName::parse("Research").unwrap(),
+            })
+            .then_expect([set.clone()]);
+        let mut with_space = active("acme");
+        with_space.push(set);
+        given::<Organization>(&acme(), with_space.clone())
+            .when(OrgCommand::SetJobSpace {
+                name: research.clone(),
+                display_name: DisplayName::parse("Research").unwrap(),
+            })
+            .then_nothing();
+        let state = given::<Organization>(&acme(), with_space)
+            .when(OrgCommand::RemoveJobSpace {
+                name: research.clone(),
+            })
+            .then_expect([OrgEvent::JobSpaceRemoved {
+                name: research.clone(),
+            }]);
+        assert!(state.0.unwrap().job_spaces.is_empty());
+        given::<Organization>(&acme(), active("acme"))
+            .when(OrgCommand::RemoveJobSpace { name: research })
+            .then_reject_code("unknown_job_space");
+    }
+
+    #[test]
     fn value_rules() {
         assert!(DisplayName::parse(" x").is_err());
         assert!(DisplayName::parse("a\nb").is_err());
@@ -654,6 +743,19 @@ mod tests {
             "[a-z ]{0,10}".prop_map(|reason| OrgCommand::Suspend { reason }),
             Just(OrgCommand::Resume),
             Just(OrgCommand::Archive),
+            (
+                prop::sample::select(vec!["research", "ops"]),
+                "[A-Z][a-z]{0,5}"
+            )
+                .prop_map(|(n, d)| OrgCommand::SetJobSpace {
+                    name: JobSpaceName::parse(n).unwrap(),
+                    display_name: DisplayName::parse(d).unwrap(),
+                }),
+            prop::sample::select(vec!["research", "ops"]).prop_map(|n| {
+                OrgCommand::RemoveJobSpace {
+                    name: JobSpaceName::parse(n).unwrap(),
+                }
+            }),
         ]
     }
 
