@@ -149,8 +149,9 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => {
+            let shutdown = charter::app::shutdown_signal();
             let app = Application::build(config).await?;
-            app.run_until(charter::app::shutdown_signal()).await
+            app.run_until(shutdown).await
         }
         Command::Migrate => {
             let store =
@@ -165,6 +166,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events(args) => {
+            let shutdown = charter::app::shutdown_signal();
             let store =
                 charter_commands::connect(&config.database_url, config.store_options()).await?;
             store
@@ -178,7 +180,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 args.from,
                 args.follow,
                 args.limit,
-                charter::app::shutdown_signal(),
+                shutdown,
                 &mut out,
             )
             .await?;
