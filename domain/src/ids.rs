@@ -119,6 +119,11 @@ label_type!(
     JobSpaceName,
     "job space name"
 );
+label_type!(
+    /// A policy's name, unique in its org.
+    PolicyName,
+    "policy name"
+);
 
 /// The identity of an object that lives inside one org: `org:name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

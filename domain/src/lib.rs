@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod error;
 pub mod ids;
+pub mod manifest;
 pub mod organization;
 pub mod role;
 pub mod subject;
