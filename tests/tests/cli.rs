@@ -95,3 +95,38 @@ fn bench_append_and_read_print_their_figures() {
         assert!(figures["events_per_sec"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn validate_checks_manifests_offline() {
+    let dir = TempDir::new();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/examples");
+    let output = charter_command(&dir.0)
+        .args(["validate", "-f"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("valid Organization acme/acme"), "{stdout}");
+    assert!(
+        stdout.contains("valid RoleBinding acme/planner-research"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        dir.0.join("broken.yaml"),
+        "apiVersion: charter.dev/v1\nkind: Role\nmetadata: {name: r, org: acme}\nspec:\n  rules:\n    - actions: [get]\n      resources: [Gizmo]\n",
+    )
+    .unwrap();
+    let output = charter_command(&dir.0)
+        .args(["validate", "-f", "broken.yaml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("broken.yaml: document 0: spec.rules[0].resources[0]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Gizmo"), "{stderr}");
+}

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod config;
 pub mod events_cli;
 pub mod http;
+pub mod manifests;
 pub mod telemetry;
 
 pub use app::Application;

@@ -39,6 +39,13 @@ enum Command {
     Migrate,
     /// Print the event log as JSON lines.
     Events(EventsArgs),
+    /// Check manifest files offline: every problem, with its file, document
+    /// and field.
+    Validate {
+        /// A manifest file or a directory of them.
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+    },
     /// Inspect and rebuild read-model projections.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -119,6 +126,9 @@ fn main() -> ExitCode {
             _ => Overrides::default(),
         }
     };
+    if let Command::Validate { file } = &cli.command {
+        return validate(file);
+    }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(error) => {
@@ -186,6 +196,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Validate { .. } => Ok(()),
         Command::Projections(command) => projections(command, &config).await,
         Command::Bench(BenchCommand::Append {
             writers,
@@ -247,6 +258,27 @@ async fn projections(command: ProjectionsCommand, config: &Config) -> anyhow::Re
             let report = charter_projections::rebuild(&*store, &*models, &*projector, 1000).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
+        }
+    }
+}
+
+/// `charter validate`: needs no configuration and no server.
+fn validate(path: &std::path::Path) -> ExitCode {
+    match charter::manifests::read(path) {
+        Ok(manifests) => {
+            for manifest in &manifests {
+                let org = manifest.org().map(|o| o.as_str()).unwrap_or("-");
+                println!("valid {} {org}/{}", manifest.kind(), manifest.name());
+            }
+            eprintln!("{} manifests are valid", manifests.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!("{} problems found; nothing was applied", errors.len());
+            ExitCode::FAILURE
         }
     }
 }
