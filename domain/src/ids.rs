@@ -138,6 +138,23 @@ impl<N> Scoped<N> {
     }
 }
 
+impl<N: FromStr<Err = InvalidName>> FromStr for Scoped<N> {
+    type Err = InvalidName;
+
+    /// Parses `org:name`, the form `Display` writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (org, name) = s.split_once(':').ok_or_else(|| InvalidName {
+            what: "scoped name",
+            value: s.chars().take(80).collect(),
+            reason: "must be `org:name`",
+        })?;
+        Ok(Self {
+            org: OrgName::parse(org)?,
+            name: name.parse()?,
+        })
+    }
+}
+
 impl<N: fmt::Display> fmt::Display for Scoped<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.org, self.name)

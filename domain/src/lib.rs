@@ -8,6 +8,7 @@
 //! reads in `decide` or `evolve`. Everything that decides lives here so that
 //! it compiles and tests in seconds.
 
+pub mod access;
 pub mod aggregate;
 pub mod error;
 pub mod ids;
