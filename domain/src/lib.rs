@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod manifest;
 pub mod organization;
+pub mod policy;
 pub mod role;
 pub mod subject;
 pub mod testing;

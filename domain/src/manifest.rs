@@ -300,13 +300,17 @@ fn parse_document(document: usize, value: &Value) -> Result<Manifest, ManifestEr
             "an organization's org is itself; leave it out".into(),
         ));
     }
-    if let Manifest::Policy { spec, .. } = &manifest
-        && (spec.policy.trim().is_empty() || spec.policy.len() > MAX_POLICY_BYTES)
-    {
-        return Err(error(
-            "spec.policy",
-            format!("must hold 1 to {MAX_POLICY_BYTES} bytes of policy text"),
-        ));
+    if let Manifest::Policy { spec, .. } = &manifest {
+        if spec.policy.trim().is_empty() || spec.policy.len() > MAX_POLICY_BYTES {
+            return Err(error(
+                "spec.policy",
+                format!("must hold 1 to {MAX_POLICY_BYTES} bytes of policy text"),
+            ));
+        }
+        if let Err(problems) = crate::policy::check_policy(&spec.policy) {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(error("spec.policy", problems.join("; ")));
+        }
     }
     Ok(manifest)
 }
@@ -464,7 +468,7 @@ mod tests {
                    "spec": {"displayName": "Research"}}),
             json!({"apiVersion": "charter.dev/v1", "kind": "Policy",
                    "metadata": {"name": "base", "org": "acme"},
-                   "spec": {"policy": "permit(principal, action, resource);"}}),
+                   "spec": {"policy": "permit(principal, action == Charter::Action::\"get\", resource);"}}),
         ];
         let manifests = parse_documents(&docs).unwrap();
         let kinds: Vec<_> = manifests.iter().map(Manifest::kind).collect();

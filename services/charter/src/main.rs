@@ -270,14 +270,22 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 let org = manifest.org().map(|o| o.as_str()).unwrap_or("-");
                 println!("valid {} {org}/{}", manifest.kind(), manifest.name());
             }
-            eprintln!("{} manifests are valid", manifests.len());
+            let count = manifests.len();
+            let noun = if count == 1 {
+                "manifest is"
+            } else {
+                "manifests are"
+            };
+            eprintln!("{count} {noun} valid");
             ExitCode::SUCCESS
         }
         Err(errors) => {
             for error in &errors {
                 eprintln!("{error}");
             }
-            eprintln!("{} problems found; nothing was applied", errors.len());
+            let count = errors.len();
+            let noun = if count == 1 { "problem" } else { "problems" };
+            eprintln!("{count} {noun} found; nothing was applied");
             ExitCode::FAILURE
         }
     }
