@@ -16,7 +16,7 @@ use crate::role::{
     Action, BindingEvent, BindingId, BindingScope, BindingSpec, ResourceKind, RoleEvent, RoleId,
     RoleSpec,
 };
-use crate::subject::{SubjectEvent, SubjectId};
+use crate::subject::{SubjectEvent, SubjectId, SubjectKind};
 
 /// What is asked.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +31,7 @@ pub struct AccessRequest<'a> {
 }
 
 /// One binding, and its role, that allowed a request.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Grant {
     pub binding: BindingName,
     pub role: RoleName,
@@ -64,7 +64,7 @@ struct OrgGrants {
     roles: HashMap<RoleName, RoleSpec>,
     bindings: HashMap<BindingName, BindingSpec>,
     by_subject: HashMap<SubjectName, BTreeSet<BindingName>>,
-    subjects: HashSet<SubjectName>,
+    subjects: HashMap<SubjectName, SubjectKind>,
     disabled: HashSet<SubjectName>,
 }
 
@@ -120,8 +120,8 @@ impl GrantIndex {
     pub fn apply_subject(&mut self, id: &SubjectId, event: &SubjectEvent) {
         let org = self.org(&id.org);
         match event {
-            SubjectEvent::Created { .. } => {
-                org.subjects.insert(id.name.clone());
+            SubjectEvent::Created { kind, .. } => {
+                org.subjects.insert(id.name.clone(), *kind);
                 org.disabled.remove(&id.name);
             }
             SubjectEvent::Deleted {} => {
@@ -146,7 +146,7 @@ impl GrantIndex {
         let Some(org) = self.orgs.get(request.org) else {
             return deny(DenyReason::UnknownSubject);
         };
-        if !org.subjects.contains(request.subject) {
+        if !org.subjects.contains_key(request.subject) {
             return deny(DenyReason::UnknownSubject);
         }
         if org.disabled.contains(request.subject) {
@@ -180,6 +180,48 @@ impl GrantIndex {
         }
     }
 
+    /// The subject's kind, when it exists in the org and is enabled.
+    pub fn active_subject(
+        &self,
+        org: &OrgName,
+        subject: &SubjectName,
+    ) -> Result<SubjectKind, DenyReason> {
+        let org = self.orgs.get(org).ok_or(DenyReason::UnknownSubject)?;
+        let kind = org
+            .subjects
+            .get(subject)
+            .ok_or(DenyReason::UnknownSubject)?;
+        if org.disabled.contains(subject) {
+            return Err(DenyReason::SubjectDisabled);
+        }
+        Ok(*kind)
+    }
+
+    /// The roles bound to the subject that apply here (org-wide, or in
+    /// this job space), whatever they allow.
+    pub fn roles_in_scope(
+        &self,
+        org: &OrgName,
+        subject: &SubjectName,
+        job_space: Option<&JobSpaceName>,
+    ) -> Vec<RoleName> {
+        let Some(org) = self.orgs.get(org) else {
+            return vec![];
+        };
+        org.by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| org.bindings.get(name))
+            .filter(|binding| match &binding.scope {
+                BindingScope::Org => true,
+                BindingScope::JobSpace(space) => job_space == Some(space),
+            })
+            .filter(|binding| org.roles.contains_key(&binding.role))
+            .map(|binding| binding.role.clone())
+            .collect()
+    }
+
     /// Whether the subject may call a tool here, and through which grants.
     pub fn tool_grants(
         &self,
@@ -191,7 +233,7 @@ impl GrantIndex {
         let Some(org) = self.orgs.get(org) else {
             return vec![];
         };
-        if !org.subjects.contains(subject) || org.disabled.contains(subject) {
+        if !org.subjects.contains_key(subject) || org.disabled.contains(subject) {
             return vec![];
         }
         org.by_subject

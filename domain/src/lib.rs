@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod aggregate;
+pub mod authorize;
 pub mod error;
 pub mod ids;
 pub mod manifest;
