@@ -69,11 +69,19 @@ fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
+/// One action's policies in one org, split by effect: with role grants
+/// only forbids can change the answer, without them only permits can.
+#[derive(Default)]
+struct ActionPolicies {
+    permits: PolicySet,
+    forbids: PolicySet,
+}
+
 /// One org's policies, compiled per action.
 #[derive(Default)]
 struct OrgPolicies {
     sources: HashMap<PolicyName, PolicySet>,
-    by_action: HashMap<&'static str, PolicySet>,
+    by_action: HashMap<&'static str, ActionPolicies>,
 }
 
 impl OrgPolicies {
@@ -101,12 +109,13 @@ impl OrgPolicies {
                         .collect(),
                 };
                 for action in actions {
+                    let bucket = self.by_action.entry(action).or_default();
+                    let set = match renamed.effect() {
+                        Effect::Permit => &mut bucket.permits,
+                        Effect::Forbid => &mut bucket.forbids,
+                    };
                     // Ids are unique by construction, so adding cannot clash.
-                    let _ = self
-                        .by_action
-                        .entry(action)
-                        .or_default()
-                        .add(renamed.clone());
+                    let _ = set.add(renamed.clone());
                 }
             }
         }
@@ -190,51 +199,92 @@ impl Authorizer {
             crate::access::Decision::Allow { grants } => grants,
             crate::access::Decision::Deny { .. } => vec![],
         };
-        let set = self
+        let empty = ActionPolicies::default();
+        let policies = self
             .policies
             .get(request.org)
-            .and_then(|org| org.by_action.get(request.action.as_str()));
-        let Some(set) = set.filter(|s| !s.is_empty()) else {
-            let allowed = !grants.is_empty();
-            return AccessDecision {
-                allowed,
+            .and_then(|org| org.by_action.get(request.action.as_str()))
+            .unwrap_or(&empty);
+        let decision =
+            |grants: Vec<Grant>, permitted_by: Vec<String>, forbidden_by: Vec<String>| {
+                let allowed =
+                    forbidden_by.is_empty() && (!grants.is_empty() || !permitted_by.is_empty());
+                AccessDecision {
+                    allowed,
+                    denied_because: (!allowed && forbidden_by.is_empty()).then_some("no_grant"),
+                    grants,
+                    permitted_by,
+                    forbidden_by,
+                }
+            };
+        // Nothing any policy says can change the answer: skip the engine.
+        if grants.is_empty() && policies.permits.is_empty() {
+            return decision(grants, vec![], vec![]);
+        }
+        if !grants.is_empty() && policies.forbids.is_empty() {
+            return decision(grants, vec![], vec![]);
+        }
+        let evaluation = (|| {
+            let (entities, principal, action, resource) =
+                self.request_entities(request, kind, resource_name)?;
+            let cedar_request = Request::new(principal, action, resource, Context::empty(), None)
+                .map_err(|e| e.to_string())?;
+            let permitted_by = if grants.is_empty() {
+                self.matching(&policies.permits, &cedar_request, &entities)
+            } else {
+                vec![]
+            };
+            if grants.is_empty() && permitted_by.is_empty() {
+                return Ok((permitted_by, vec![]));
+            }
+            let forbidden_by = if policies.forbids.is_empty() {
+                vec![]
+            } else {
+                self.matching(&policies.forbids, &cedar_request, &entities)
+            };
+            Ok::<_, String>((permitted_by, forbidden_by))
+        })();
+        match evaluation {
+            Ok((permitted_by, forbidden_by)) => decision(grants, permitted_by, forbidden_by),
+            // A request the engine cannot evaluate is denied, never allowed
+            // by accident.
+            Err(_) => AccessDecision {
+                allowed: false,
                 grants,
                 permitted_by: vec![],
                 forbidden_by: vec![],
-                denied_because: (!allowed).then_some("no_grant"),
-            };
-        };
-        let (permitted_by, forbidden_by) = match self.evaluate(set, request, kind, resource_name) {
-            Ok(result) => result,
-            // A request the engine cannot evaluate is denied, never
-            // allowed by accident.
-            Err(_) => {
-                return AccessDecision {
-                    allowed: false,
-                    grants,
-                    permitted_by: vec![],
-                    forbidden_by: vec![],
-                    denied_because: Some("policy_evaluation_failed"),
-                };
-            }
-        };
-        let allowed = forbidden_by.is_empty() && (!grants.is_empty() || !permitted_by.is_empty());
-        AccessDecision {
-            allowed,
-            denied_because: (!allowed && forbidden_by.is_empty()).then_some("no_grant"),
-            grants,
-            permitted_by,
-            forbidden_by,
+                denied_because: Some("policy_evaluation_failed"),
+            },
         }
     }
 
-    fn evaluate(
+    /// The ids of the policies in `set` that match; an evaluation error
+    /// counts as a match, so that a failing forbid still denies.
+    fn matching(&self, set: &PolicySet, request: &Request, entities: &Entities) -> Vec<String> {
+        let response = self.engine.is_authorized(request, set, entities);
+        let mut ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        if response.diagnostics().errors().next().is_some()
+            && !ids.iter().any(|i| i == "policy_error")
+        {
+            let forbids = set.policies().all(|p| p.effect() == Effect::Forbid);
+            if forbids {
+                ids.push("policy_error".to_owned());
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    fn request_entities(
         &self,
-        set: &PolicySet,
         request: &AccessRequest<'_>,
         kind: SubjectKind,
         resource_name: &str,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    ) -> Result<(Entities, EntityUid, EntityUid, EntityUid), String> {
         let t = types();
         let org = request.org.as_str();
         let org_uid = uid(&t.org, org);
@@ -301,27 +351,7 @@ impl Authorizer {
         );
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let action = uid(&t.action, request.action.as_str());
-        let cedar_request = Request::new(principal, action, resource, Context::empty(), None)
-            .map_err(|e| e.to_string())?;
-        let response = self.engine.is_authorized(&cedar_request, set, &entities);
-        let mut permitted = Vec::new();
-        let mut forbidden = Vec::new();
-        for id in response.diagnostics().reason() {
-            let effect = set.policy(id).map(cedar_policy::Policy::effect);
-            match effect {
-                Some(Effect::Forbid) => forbidden.push(id.to_string()),
-                Some(Effect::Permit) => permitted.push(id.to_string()),
-                None => {}
-            }
-        }
-        if response.diagnostics().errors().next().is_some() {
-            // Policies that error are skipped by Cedar; a forbid that errors
-            // would silently not apply, so treat any error as a forbid.
-            forbidden.push("policy_error".to_owned());
-        }
-        permitted.sort();
-        forbidden.sort();
-        Ok((permitted, forbidden))
+        Ok((entities, principal, action, resource))
     }
 }
 
@@ -500,8 +530,42 @@ mod tests {
             "forbid(principal, action == Charter::Action::\"approve\", resource) unless { principal in Charter::Role::\"acme:admin\" };",
         );
         assert!(ask(&a, "acme", "alice", "approve", ResourceKind::WorkflowRun).allowed);
+        // Without any grant, nothing needs forbidding: denied for that.
         let d = ask(&a, "acme", "carol", "approve", ResourceKind::WorkflowRun);
         assert!(!d.allowed);
+        assert_eq!(d.denied_because, Some("no_grant"));
+        // With a grant that allows approving, the forbid decides.
+        let approver = Scoped::new(org("acme"), RoleName::parse("approver").unwrap());
+        a.apply_role(
+            &approver,
+            &RoleEvent::Defined {
+                org: org("acme"),
+                name: approver.name.clone(),
+                spec: RoleSpec {
+                    rules: vec![Rule {
+                        actions: ["approve".parse().unwrap()].into(),
+                        resources: ["*".parse().unwrap()].into(),
+                    }],
+                    ..RoleSpec::default()
+                },
+            },
+        );
+        let binding = Scoped::new(org("acme"), BindingName::parse("carol-approver").unwrap());
+        a.apply_binding(
+            &binding,
+            &BindingEvent::Bound {
+                org: org("acme"),
+                name: binding.name.clone(),
+                spec: BindingSpec {
+                    subject: SubjectName::parse("carol").unwrap(),
+                    role: approver.name.clone(),
+                    scope: BindingScope::Org,
+                },
+            },
+        );
+        let d = ask(&a, "acme", "carol", "approve", ResourceKind::WorkflowRun);
+        assert!(!d.allowed);
+        assert_eq!(d.grants.len(), 1);
         assert_eq!(d.forbidden_by, vec!["only-admins-approve#0".to_owned()]);
     }
 }

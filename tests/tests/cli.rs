@@ -130,3 +130,27 @@ fn validate_checks_manifests_offline() {
     );
     assert!(stderr.contains("Gizmo"), "{stderr}");
 }
+
+#[test]
+fn bench_policy_prints_its_figures() {
+    let dir = TempDir::new();
+    let output = charter_command(&dir.0)
+        .args([
+            "bench",
+            "policy",
+            "--policies",
+            "100",
+            "--bindings",
+            "1000",
+            "--decisions",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let figures = last_json_line(&output.stdout);
+    assert_eq!(figures["decisions"], 2000);
+    for key in ["decisions_per_sec", "p50_us", "p99_us"] {
+        assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_policy;
 pub mod config;
 pub mod events_cli;
 pub mod http;

@@ -108,6 +108,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// The whole access decision path, in process (needs no store).
+    Policy {
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        #[arg(long, default_value_t = 10_000)]
+        bindings: usize,
+        #[arg(long, default_value_t = 200_000)]
+        decisions: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +137,23 @@ fn main() -> ExitCode {
     };
     if let Command::Validate { file } = &cli.command {
         return validate(file);
+    }
+    if let Command::Bench(BenchCommand::Policy {
+        policies,
+        bindings,
+        decisions,
+    }) = &cli.command
+    {
+        return match charter::bench_policy::run(*policies, *bindings, *decisions) {
+            Ok(figures) => {
+                println!("{figures}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("charter: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -207,6 +233,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{figures}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Policy { .. }) => Ok(()),
         Command::Bench(BenchCommand::Read { events }) => {
             let figures = bench::read(&config, events).await?;
             println!("{figures}");
