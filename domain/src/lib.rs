@@ -23,4 +23,4 @@ pub mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent, EventParts};
 pub use error::{ErrorClass, ErrorCode};
-pub use ids::{Actor, CausationId, CommandId, CorrelationId, EventId, OrgName};
+pub use ids::{Actor, CausationId, CommandId, CorrelationId, EventId, OrgName, Scoped};

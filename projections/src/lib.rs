@@ -12,6 +12,7 @@
 //! [`charter_commands::store::Subscription`], whose order is the commit
 //! order, and it never writes events.
 
+pub mod access;
 pub mod error;
 pub mod organizations;
 pub mod postgres;

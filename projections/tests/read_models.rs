@@ -419,6 +419,130 @@ async fn rebuild_switches_while_serving(backend: Backend) {
     running.stop().await;
 }
 
+async fn access_index_follows_grants_and_policies(backend: Backend) {
+    use charter_domain::ids::{BindingName, PolicyName, RoleName, SubjectName};
+    use charter_domain::policy::{Policy, PolicyCommand};
+    use charter_domain::role::{
+        Action, BindingCommand, BindingScope, BindingSpec, References, ResourceKind, Role,
+        RoleBinding, RoleCommand, RoleSpec, Rule,
+    };
+    use charter_domain::subject::{Subject, SubjectCommand, SubjectKind};
+    use charter_domain::{Scoped, access::AccessRequest};
+    use charter_projections::access::AccessIndex;
+
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let index = Arc::new(AccessIndex::new());
+    let mut visible = index.visible();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(
+        Arc::clone(&index).follow(Arc::clone(&backend.store), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }),
+    );
+    let acme = org("acme");
+    let m = |kind: &str| CommandMeta::new(kind, acme.clone(), Actor::parse("user:root").unwrap());
+    let bot = SubjectName::parse("bot").unwrap();
+    kernel
+        .handle::<Subject>(
+            &Scoped::new(acme.clone(), bot.clone()),
+            &SubjectCommand::Create {
+                kind: SubjectKind::Agent,
+                display_name: DisplayName::parse("Bot").unwrap(),
+            },
+            &m(Subject::KIND),
+        )
+        .await
+        .unwrap();
+    let admin = RoleName::parse("admin").unwrap();
+    kernel
+        .handle::<Role>(
+            &Scoped::new(acme.clone(), admin.clone()),
+            &RoleCommand::Define {
+                spec: RoleSpec {
+                    rules: vec![Rule {
+                        actions: ["*".parse().unwrap()].into(),
+                        resources: ["*".parse().unwrap()].into(),
+                    }],
+                    ..RoleSpec::default()
+                },
+            },
+            &m(Role::KIND),
+        )
+        .await
+        .unwrap();
+    let bound = kernel
+        .handle::<RoleBinding>(
+            &Scoped::new(acme.clone(), BindingName::parse("bot-admin").unwrap()),
+            &BindingCommand::Bind {
+                spec: BindingSpec {
+                    subject: bot.clone(),
+                    role: admin.clone(),
+                    scope: BindingScope::Org,
+                },
+                references: References {
+                    subject_exists: true,
+                    role_exists: true,
+                    job_space_exists: true,
+                },
+            },
+            &m(RoleBinding::KIND),
+        )
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    let wait = |visible: &mut watch::Receiver<Position>, position: Position| {
+        let mut visible = visible.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                visible.wait_for(|p| *p >= position),
+            )
+            .await
+            .expect("the access index never caught up")
+            .unwrap();
+        }
+    };
+    wait(&mut visible, bound).await;
+    let delete = Action::parse("delete").unwrap();
+    let ask = |index: &AccessIndex| {
+        index.read(|a| {
+            a.decide(
+                &AccessRequest {
+                    org: &acme,
+                    subject: &bot,
+                    action: &delete,
+                    kind: ResourceKind::Role,
+                    job_space: None,
+                },
+                "admin",
+            )
+        })
+    };
+    assert!(ask(&index).allowed);
+    let published = kernel
+        .handle::<Policy>(
+            &Scoped::new(acme.clone(), PolicyName::parse("agents-never-delete").unwrap()),
+            &PolicyCommand::Publish {
+                text: "forbid(principal, action == Charter::Action::\"delete\", resource) when { principal.kind == \"agent\" };".into(),
+            },
+            &m(Policy::KIND),
+        )
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    wait(&mut visible, published).await;
+    let decision = ask(&index);
+    assert!(!decision.allowed);
+    assert_eq!(
+        decision.forbidden_by,
+        vec!["agents-never-delete#0".to_owned()]
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -444,4 +568,5 @@ on_both!(
     organizations_follow_the_log,
     batches_apply_exactly_once,
     rebuild_switches_while_serving,
+    access_index_follows_grants_and_policies,
 );
