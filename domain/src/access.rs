@@ -8,7 +8,12 @@
 //! can say why. Org policies (which can add permits and forbids) are layered
 //! on top by the gateway; this module knows only roles.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+// Decisions are lookups: a fast, seeded hasher pays off (the keys are
+// names, hashed on every request).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use crate::OrgName;
 use crate::ids::{BindingName, JobSpaceName, RoleName, SubjectName};
@@ -326,9 +331,9 @@ mod tests {
         #[test]
         fn the_index_agrees_with_the_aggregates(steps in prop::collection::vec(arb_step(), 0..40)) {
             let mut index = GrantIndex::new();
-            let mut roles: HashMap<usize, Role> = HashMap::new();
-            let mut bindings: HashMap<usize, RoleBinding> = HashMap::new();
-            let mut subjects: HashMap<usize, Subject> = HashMap::new();
+            let mut roles: HashMap<usize, Role> = HashMap::default();
+            let mut bindings: HashMap<usize, RoleBinding> = HashMap::default();
+            let mut subjects: HashMap<usize, Subject> = HashMap::default();
             for step in steps {
                 match step {
                     Step::Role(r, rules) => {

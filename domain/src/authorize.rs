@@ -9,6 +9,9 @@
 //! policies, the forbidding policies.
 
 use std::collections::{HashMap, HashSet};
+
+/// Maps looked up on every decision.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -80,8 +83,8 @@ struct ActionPolicies {
 /// One org's policies, compiled per action.
 #[derive(Default)]
 struct OrgPolicies {
-    sources: HashMap<PolicyName, PolicySet>,
-    by_action: HashMap<&'static str, ActionPolicies>,
+    sources: FastMap<PolicyName, PolicySet>,
+    by_action: FastMap<&'static str, ActionPolicies>,
 }
 
 impl OrgPolicies {
@@ -127,7 +130,7 @@ impl OrgPolicies {
 #[derive(Default)]
 pub struct Authorizer {
     grants: GrantIndex,
-    policies: HashMap<OrgName, OrgPolicies>,
+    policies: FastMap<OrgName, OrgPolicies>,
     engine: cedar_policy::Authorizer,
 }
 
