@@ -3,7 +3,6 @@
 //! receive every event in global order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -17,16 +16,12 @@ use crate::{Position, RecordedEvent};
 #[derive(Clone)]
 pub struct InProcessBus {
     sender: broadcast::Sender<Arc<RecordedEvent>>,
-    last: Arc<AtomicU64>,
 }
 
 impl InProcessBus {
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self {
-            sender,
-            last: Arc::new(AtomicU64::new(0)),
-        }
+        Self { sender }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
@@ -60,7 +55,6 @@ impl EventPublisher for InProcessBus {
         for event in events {
             // No subscriber is not an error: the log stays in the store.
             let _ = self.sender.send(Arc::new(event.clone()));
-            self.last.store(event.position.0, Ordering::Release);
         }
         Ok(())
     }

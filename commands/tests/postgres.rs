@@ -97,11 +97,11 @@ async fn unreachable_server_is_a_typed_error() {
 /// A schema without the migrations is reachable but not ready.
 #[tokio::test]
 async fn unmigrated_schema_is_not_ready() {
-    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let schema = charter_testkit::ScratchSchema::new("t");
     let store = PostgresStore::connect(
         &test_database_url(),
         StoreOptions {
-            schema: Some(schema.clone()),
+            schema: Some(schema.name.clone()),
             ..StoreOptions::default()
         },
     )
@@ -112,8 +112,4 @@ async fn unmigrated_schema_is_not_ready() {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     store.check_ready().await.unwrap();
-    drop(PgSchema {
-        store: Arc::new(store),
-        name: schema,
-    });
 }

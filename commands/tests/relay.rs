@@ -290,14 +290,11 @@ async fn nats_outage_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_bus_receives_every_event_in_order() {
-    let path = std::env::temp_dir().join(format!("charter-relay-{}.db", uuid::Uuid::now_v7()));
+    let file = charter_testkit::ScratchFile::new("charter-relay");
     let store: Arc<dyn EventStore> = Arc::new(
-        SqliteStore::open(
-            &format!("sqlite://{}", path.display()),
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap(),
+        SqliteStore::open(&file.url(), StoreOptions::default())
+            .await
+            .unwrap(),
     );
     store.migrate().await.unwrap();
     let bus = InProcessBus::new(1024);
@@ -325,12 +322,6 @@ async fn in_process_bus_receives_every_event_in_order() {
             .unwrap(),
         Some(last)
     );
-    drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.clone().into_os_string();
-        name.push(suffix);
-        let _ = std::fs::remove_file(name);
-    }
 }
 
 /// An event larger than the server's `max_payload` can never be published:

@@ -3,7 +3,6 @@
 
 mod conformance;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,36 +12,24 @@ use charter_commands::store::StoreOptions;
 use charter_commands::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, StoreError, StreamId,
 };
+use charter_testkit::ScratchFile;
 use conformance::{Harness, RawRow};
 
 struct SqliteHarness {
     store: Arc<SqliteStore>,
-    path: PathBuf,
-}
-
-impl Drop for SqliteHarness {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    _file: ScratchFile,
 }
 
 async fn harness() -> SqliteHarness {
-    let path = std::env::temp_dir().join(format!("charter-test-{}.db", uuid::Uuid::now_v7()));
-    let store = SqliteStore::open(
-        &format!("sqlite://{}", path.display()),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let file = ScratchFile::new("charter-test");
+    let store = SqliteStore::open(&file.url(), StoreOptions::default())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     store.check_ready().await.unwrap();
     SqliteHarness {
         store: Arc::new(store),
-        path,
+        _file: file,
     }
 }
 

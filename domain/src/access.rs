@@ -147,42 +147,31 @@ impl GrantIndex {
 
     /// Decides a request from the subject's bindings alone.
     pub fn decide(&self, request: &AccessRequest<'_>) -> Decision {
-        let deny = |reason| Decision::Deny { reason };
-        let Some(org) = self.orgs.get(request.org) else {
-            return deny(DenyReason::UnknownSubject);
-        };
-        if !org.subjects.contains_key(request.subject) {
-            return deny(DenyReason::UnknownSubject);
+        match self.subject_grants(request) {
+            Err(reason) => Decision::Deny { reason },
+            Ok((_, grants)) if grants.is_empty() => Decision::Deny {
+                reason: DenyReason::NoGrant,
+            },
+            Ok((_, grants)) => Decision::Allow { grants },
         }
-        if org.disabled.contains(request.subject) {
-            return deny(DenyReason::SubjectDisabled);
-        }
-        let mut grants = Vec::new();
-        for name in org.by_subject.get(request.subject).into_iter().flatten() {
-            let Some(binding) = org.bindings.get(name) else {
-                continue;
-            };
-            let in_scope = match &binding.scope {
-                BindingScope::Org => true,
-                BindingScope::JobSpace(space) => request.job_space == Some(space),
-            };
-            if in_scope
-                && org
-                    .roles
-                    .get(&binding.role)
-                    .is_some_and(|role| role.allows(request.action, request.kind))
-            {
-                grants.push(Grant {
-                    binding: name.clone(),
-                    role: binding.role.clone(),
-                });
-            }
-        }
-        if grants.is_empty() {
-            deny(DenyReason::NoGrant)
-        } else {
-            Decision::Allow { grants }
-        }
+    }
+
+    /// The subject's kind and the grants that allow the request, or why
+    /// the subject cannot be granted anything: one pass over its bindings.
+    pub fn subject_grants(
+        &self,
+        request: &AccessRequest<'_>,
+    ) -> Result<(SubjectKind, Vec<Grant>), DenyReason> {
+        let kind = self.active_subject(request.org, request.subject)?;
+        let grants = self
+            .bindings_in_scope(request.org, request.subject, request.job_space)
+            .filter(|(_, _, role)| role.allows(request.action, request.kind))
+            .map(|(name, binding, _)| Grant {
+                binding: name.clone(),
+                role: binding.role.clone(),
+            })
+            .collect();
+        Ok((kind, grants))
     }
 
     /// The subject's kind, when it exists in the org and is enabled.
@@ -202,6 +191,30 @@ impl GrantIndex {
         Ok(*kind)
     }
 
+    /// The subject's bindings that apply here (org-wide, or to this job
+    /// space) whose role exists, with that role.
+    fn bindings_in_scope<'a>(
+        &'a self,
+        org: &OrgName,
+        subject: &SubjectName,
+        job_space: Option<&'a JobSpaceName>,
+    ) -> impl Iterator<Item = (&'a BindingName, &'a BindingSpec, &'a RoleSpec)> + 'a {
+        let org = self.orgs.get(org);
+        org.and_then(|org| org.by_subject.get(subject).map(|names| (org, names)))
+            .into_iter()
+            .flat_map(move |(org, names)| {
+                names.iter().filter_map(move |name| {
+                    let binding = org.bindings.get(name)?;
+                    let in_scope = match &binding.scope {
+                        BindingScope::Org => true,
+                        BindingScope::JobSpace(space) => job_space == Some(space),
+                    };
+                    let role = org.roles.get(&binding.role)?;
+                    in_scope.then_some((name, binding, role))
+                })
+            })
+    }
+
     /// The roles bound to the subject that apply here (org-wide, or in
     /// this job space), whatever they allow.
     pub fn roles_in_scope(
@@ -210,20 +223,8 @@ impl GrantIndex {
         subject: &SubjectName,
         job_space: Option<&JobSpaceName>,
     ) -> Vec<RoleName> {
-        let Some(org) = self.orgs.get(org) else {
-            return vec![];
-        };
-        org.by_subject
-            .get(subject)
-            .into_iter()
-            .flatten()
-            .filter_map(|name| org.bindings.get(name))
-            .filter(|binding| match &binding.scope {
-                BindingScope::Org => true,
-                BindingScope::JobSpace(space) => job_space == Some(space),
-            })
-            .filter(|binding| org.roles.contains_key(&binding.role))
-            .map(|binding| binding.role.clone())
+        self.bindings_in_scope(org, subject, job_space)
+            .map(|(_, binding, _)| binding.role.clone())
             .collect()
     }
 
@@ -235,27 +236,14 @@ impl GrantIndex {
         tool: &str,
         job_space: Option<&JobSpaceName>,
     ) -> Vec<Grant> {
-        let Some(org) = self.orgs.get(org) else {
-            return vec![];
-        };
-        if !org.subjects.contains_key(subject) || org.disabled.contains(subject) {
+        if self.active_subject(org, subject).is_err() {
             return vec![];
         }
-        org.by_subject
-            .get(subject)
-            .into_iter()
-            .flatten()
-            .filter_map(|name| {
-                let binding = org.bindings.get(name)?;
-                let in_scope = match &binding.scope {
-                    BindingScope::Org => true,
-                    BindingScope::JobSpace(space) => job_space == Some(space),
-                };
-                let role = org.roles.get(&binding.role)?;
-                (in_scope && role.allows_tool(tool)).then(|| Grant {
-                    binding: name.clone(),
-                    role: binding.role.clone(),
-                })
+        self.bindings_in_scope(org, subject, job_space)
+            .filter(|(_, _, role)| role.allows_tool(tool))
+            .map(|(name, binding, _)| Grant {
+                binding: name.clone(),
+                role: binding.role.clone(),
             })
             .collect()
     }

@@ -194,13 +194,9 @@ impl Authorizer {
                 DenyReason::NoGrant => "no_grant",
             }),
         };
-        let kind = match self.grants.active_subject(request.org, request.subject) {
-            Ok(kind) => kind,
+        let (kind, grants) = match self.grants.subject_grants(request) {
+            Ok(found) => found,
             Err(reason) => return denied(reason),
-        };
-        let grants = match self.grants.decide(request) {
-            crate::access::Decision::Allow { grants } => grants,
-            crate::access::Decision::Deny { .. } => vec![],
         };
         let empty = ActionPolicies::default();
         let policies = self

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::{BindingName, JobSpaceName, PolicyName, RoleName, Scoped, SubjectName};
+use crate::ids::{BindingName, JobSpaceName, PolicyName, RoleName, SubjectName};
 use crate::organization::{DisplayName, OrgCommand, Organization, Tags};
 use crate::role::{
     BindingCommand, BindingScope, BindingSpec, References, Role, RoleBinding, RoleCommand,
@@ -426,11 +426,6 @@ pub fn plan_binding(
             references,
         }],
     }
-}
-
-/// The identity an org-scoped manifest names.
-pub fn scoped<N: Clone>(org: &OrgName, name: &N) -> Scoped<N> {
-    Scoped::new(org.clone(), name.clone())
 }
 
 #[cfg(test)]

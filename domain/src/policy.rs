@@ -16,7 +16,6 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{PolicyName, Scoped};
-use crate::role::ResourceKind;
 use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode, OrgName};
 
 /// The actions Charter asks policies about.
@@ -47,11 +46,6 @@ pub fn cedar_schema_text() -> String {
         "  action \"call\" appliesTo { principal: [Subject], resource: [Tool], context: {} };\n}\n",
     );
     text
-}
-
-/// The resource kinds as Cedar sees them (`resource.kind`).
-pub fn resource_kind_names() -> impl Iterator<Item = &'static str> {
-    ResourceKind::ALL.into_iter().map(ResourceKind::as_str)
 }
 
 fn schema() -> Result<&'static Schema, String> {

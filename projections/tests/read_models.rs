@@ -17,69 +17,24 @@ use charter_projections::organizations::{COLLECTION, OrganizationsProjector, PRO
 use charter_projections::{
     BatchOutcome, Documents, ProjectionError, ProjectionRunner, Projector, ReadModels, rebuild,
 };
+use charter_testkit::{ScratchFile, ScratchSchema, test_database_url};
 use serde_json::json;
-use sqlx::Connection;
 use tokio::sync::watch;
-
-fn test_database_url() -> String {
-    std::env::var("CHARTER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 /// A store and its read models; the schema or file goes away on drop.
 struct Backend {
     store: Arc<dyn EventStore>,
     models: Arc<dyn ReadModels>,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Schema(String),
-    File(std::path::PathBuf),
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        match &self.cleanup {
-            Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut name = path.clone().into_os_string();
-                    name.push(suffix);
-                    let _ = std::fs::remove_file(name);
-                }
-            }
-            Cleanup::Schema(name) => {
-                let name = name.clone();
-                let _ = std::thread::spawn(move || {
-                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    else {
-                        return;
-                    };
-                    runtime.block_on(async {
-                        if let Ok(mut conn) =
-                            sqlx::PgConnection::connect(&test_database_url()).await
-                        {
-                            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                                .execute(&mut conn)
-                                .await;
-                        }
-                    });
-                })
-                .join();
-            }
-        }
-    }
+    /// Held only so that it cleans up when the backend is dropped.
+    _scratch: (Option<ScratchSchema>, Option<ScratchFile>),
 }
 
 async fn postgres() -> Backend {
-    let schema = format!("p_{}", uuid::Uuid::now_v7().simple());
+    let schema = ScratchSchema::new("p");
     let store = PostgresStore::connect(
         &test_database_url(),
         StoreOptions {
-            schema: Some(schema.clone()),
+            schema: Some(schema.name.clone()),
             max_connections: 4,
             ..StoreOptions::default()
         },
@@ -87,28 +42,29 @@ async fn postgres() -> Backend {
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let models = charter_projections::connect(&test_database_url(), Some(&schema), 4)
+    let models = charter_projections::connect(&test_database_url(), Some(&schema.name), 4)
         .await
         .unwrap();
     Backend {
         store: Arc::new(store),
         models,
-        cleanup: Cleanup::Schema(schema),
+        _scratch: (Some(schema), None),
     }
 }
 
 async fn sqlite() -> Backend {
-    let path = std::env::temp_dir().join(format!("charter-rm-{}.db", uuid::Uuid::now_v7()));
-    let url = format!("sqlite://{}", path.display());
-    let store = SqliteStore::open(&url, StoreOptions::default())
+    let file = ScratchFile::new("charter-rm");
+    let store = SqliteStore::open(&file.url(), StoreOptions::default())
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let models = charter_projections::connect(&url, None, 4).await.unwrap();
+    let models = charter_projections::connect(&file.url(), None, 4)
+        .await
+        .unwrap();
     Backend {
         store: Arc::new(store),
         models,
-        cleanup: Cleanup::File(path),
+        _scratch: (None, Some(file)),
     }
 }
 

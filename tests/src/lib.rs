@@ -33,14 +33,7 @@ pub fn charter_bin() -> PathBuf {
     bin
 }
 
-pub fn test_database_url() -> String {
-    std::env::var("CHARTER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-pub fn test_nats_url() -> String {
-    std::env::var("CHARTER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+pub use charter_testkit::{test_database_url, test_nats_url};
 
 /// A `charter` command with a clean environment: no inherited `CHARTER_*`
 /// variable leaks into what the test means to configure.
@@ -172,44 +165,4 @@ impl Drop for Server {
 }
 
 /// A PostgreSQL schema of this test's own, dropped on drop.
-pub struct PgSchema {
-    pub name: String,
-}
-
-impl PgSchema {
-    pub fn new() -> Self {
-        Self {
-            name: format!("e2e_{}", uuid::Uuid::now_v7().simple()),
-        }
-    }
-}
-
-impl Default for PgSchema {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
-                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+pub type PgSchema = charter_testkit::ScratchSchema;

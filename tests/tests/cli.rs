@@ -52,7 +52,7 @@ fn events_refuses_an_unmigrated_store() {
 #[test]
 fn bench_append_and_read_print_their_figures() {
     let dir = TempDir::new();
-    let schema = PgSchema::new();
+    let schema = PgSchema::new("e2e");
     for url in ["sqlite://bench.db".to_owned(), test_database_url()] {
         let output = charter_command(&dir.0)
             .env("CHARTER_DATABASE_URL", &url)

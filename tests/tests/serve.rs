@@ -153,7 +153,7 @@ fn meta() -> CommandMeta {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_and_jetstream_end_to_end() {
     let dir = TempDir::new();
-    let schema = PgSchema::new();
+    let schema = PgSchema::new("e2e");
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let stream_name = format!("E2E_{tag}");
     let prefix = format!("e2e{tag}.events");

@@ -1,5 +1,5 @@
-//! Test support shared by the PostgreSQL-backed suites: the test database
-//! and a store on a schema of the test's own, dropped when the test ends.
+//! Test support shared by the PostgreSQL-backed suites: a migrated store on
+//! a schema of the test's own, dropped when the test ends.
 
 #![allow(dead_code)]
 
@@ -8,26 +8,22 @@ use std::sync::Arc;
 use charter_commands::EventStore;
 use charter_commands::postgres::PostgresStore;
 use charter_commands::store::StoreOptions;
-use sqlx::Connection;
-
-pub fn test_database_url() -> String {
-    std::env::var("CHARTER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+use charter_testkit::ScratchSchema;
+pub use charter_testkit::test_database_url;
 
 /// A migrated store on a fresh schema; the schema is dropped on drop.
 pub struct PgSchema {
     pub store: Arc<PostgresStore>,
-    pub name: String,
+    pub schema: ScratchSchema,
 }
 
 impl PgSchema {
     pub async fn new(max_connections: u32) -> Self {
-        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let schema = ScratchSchema::new("t");
         let store = PostgresStore::connect(
             &test_database_url(),
             StoreOptions {
-                schema: Some(name.clone()),
+                schema: Some(schema.name.clone()),
                 max_connections,
                 ..StoreOptions::default()
             },
@@ -37,31 +33,7 @@ impl PgSchema {
         store.migrate().await.expect("migrations apply");
         Self {
             store: Arc::new(store),
-            name,
+            schema,
         }
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // On its own thread: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
-                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }

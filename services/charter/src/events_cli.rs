@@ -19,6 +19,7 @@ pub async fn print_events(
     out: &mut impl Write,
 ) -> anyhow::Result<u64> {
     let mut subscription = Subscription::new(store.clone(), Position(from.saturating_sub(1)), 1000);
+    let mut position = subscription.position();
     let mut printed = 0u64;
     tokio::pin!(stop);
     loop {
@@ -28,11 +29,11 @@ pub async fn print_events(
                 () = &mut stop => return Ok(printed),
             }
         } else {
-            let batch = store.read_all(subscription.position(), 1000).await?;
+            let batch = store.read_all(position, 1000).await?;
             let Some(last) = batch.last() else {
                 return Ok(printed);
             };
-            subscription = Subscription::new(store.clone(), last.position, 1000);
+            position = last.position;
             batch
         };
         for event in &batch {

@@ -11,9 +11,9 @@ use charter_domain::{Actor, OrgName};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_show_in_metrics_and_on_the_bus() {
-    let path = std::env::temp_dir().join(format!("charter-app-{}.db", uuid::Uuid::now_v7()));
+    let file = charter_testkit::ScratchFile::new("charter-app");
     let config = Config {
-        database_url: format!("sqlite://{}", path.display()),
+        database_url: file.url(),
         listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
@@ -88,9 +88,4 @@ async fn appends_show_in_metrics_and_on_the_bus() {
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.clone().into_os_string();
-        name.push(suffix);
-        let _ = std::fs::remove_file(name);
-    }
 }

@@ -1,0 +1,92 @@
+//! `charter-testkit` owns what every test suite shares: where the test
+//! PostgreSQL and NATS are, and scratch PostgreSQL schemas and SQLite files
+//! that remove themselves when the test ends (even when it panics). It
+//! depends on no Charter crate, so any of them can use it in tests.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::Connection;
+
+pub fn test_database_url() -> String {
+    std::env::var("CHARTER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn test_nats_url() -> String {
+    std::env::var("CHARTER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A fresh, unique PostgreSQL schema name, dropped (with everything in it)
+/// when this value is dropped. The schema itself is created by whoever
+/// connects with it.
+#[derive(Debug)]
+pub struct ScratchSchema {
+    pub name: String,
+}
+
+impl ScratchSchema {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            name: format!("{prefix}_{}", uuid::Uuid::now_v7().simple()),
+        }
+    }
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // On its own thread with its own runtime: the test's runtime may be
+        // shutting down, or this may run outside any runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
+                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh SQLite file path in the temp directory, removed (with its WAL
+/// and shared-memory files) when this value is dropped.
+#[derive(Debug)]
+pub struct ScratchFile {
+    pub path: PathBuf,
+}
+
+impl ScratchFile {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            path: std::env::temp_dir().join(format!("{prefix}-{}.db", uuid::Uuid::now_v7())),
+        }
+    }
+
+    /// The `sqlite://` URL of the file.
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
+}
