@@ -137,6 +137,20 @@ impl CommandHandler {
     }
 
     /// Handles one command against the aggregate `id`.
+    pub async fn handle<A: Aggregate>(
+        &self,
+        id: &A::Id,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
+        self.handle_at::<A>(id, command, meta, None).await
+    }
+
+    /// Handles one command, but only against the stream version the caller
+    /// last saw: when `expected` is given and the stream has moved on, the
+    /// command is refused with a conflict (no retry, nothing written), so
+    /// that of two editors working from the same version one wins and the
+    /// other learns of it. Version 0 means "the object must not exist yet".
     #[tracing::instrument(
         name = "command",
         skip_all,
@@ -149,11 +163,12 @@ impl CommandHandler {
             causation_id = %meta.causation(),
         )
     )]
-    pub async fn handle<A: Aggregate>(
+    pub async fn handle_at<A: Aggregate>(
         &self,
         id: &A::Id,
         command: &A::Command,
         meta: &CommandMeta,
+        expected: Option<StreamVersion>,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
         let stream = StreamId::for_aggregate::<A>(id)?;
         let mut meta = meta.clone();
@@ -165,6 +180,16 @@ impl CommandHandler {
         loop {
             attempt += 1;
             let Loaded { mut state, version } = self.load_stream::<A>(&stream).await?;
+            if let Some(expected) = expected
+                && expected != version
+            {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream,
+                    expected: ExpectedVersion::Exact(expected),
+                    actual: version,
+                }
+                .into());
+            }
             let events = state.decide(id, command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(CommandOutcome {

@@ -145,6 +145,35 @@ impl GrantIndex {
         }
     }
 
+    /// Whether the subject exists in the org (enabled or not).
+    pub fn has_subject(&self, org: &OrgName, subject: &SubjectName) -> bool {
+        self.orgs
+            .get(org)
+            .is_some_and(|o| o.subjects.contains_key(subject))
+    }
+
+    /// Whether the role is defined in the org.
+    pub fn has_role(&self, org: &OrgName, role: &RoleName) -> bool {
+        self.orgs
+            .get(org)
+            .is_some_and(|o| o.roles.contains_key(role))
+    }
+
+    /// Whether the binding exists in the org.
+    pub fn has_binding(&self, org: &OrgName, binding: &BindingName) -> bool {
+        self.orgs
+            .get(org)
+            .is_some_and(|o| o.bindings.contains_key(binding))
+    }
+
+    /// The org's subjects, enabled or not, in no particular order.
+    pub fn subjects(&self, org: &OrgName) -> impl Iterator<Item = &SubjectName> {
+        self.orgs
+            .get(org)
+            .into_iter()
+            .flat_map(|o| o.subjects.keys())
+    }
+
     /// Decides a request from the subject's bindings alone.
     pub fn decide(&self, request: &AccessRequest<'_>) -> Decision {
         match self.subject_grants(request) {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::OrgName;
 use crate::access::{AccessRequest, DenyReason, Grant, GrantIndex};
-use crate::ids::{JobSpaceName, PolicyName};
+use crate::ids::{JobSpaceName, PolicyName, SubjectName};
 use crate::policy::{ACTIONS, PolicyEvent, PolicyId};
 use crate::role::{BindingEvent, BindingId, RoleEvent, RoleId};
 use crate::subject::{SubjectEvent, SubjectId, SubjectKind};
@@ -180,9 +180,86 @@ impl Authorizer {
         outcome
     }
 
+    /// Whether the org has a policy of that name in force.
+    pub fn has_policy(&self, id: &PolicyId) -> bool {
+        self.policies
+            .get(&id.org)
+            .is_some_and(|org| org.sources.contains_key(&id.name))
+    }
+
+    /// The subjects of `request.org` that may do `request.action` on the
+    /// resource now, and those that could if the policy `id` had the text
+    /// `text` (`None`: if it were deleted). An admin uses this before a
+    /// change that might lock every admin out. A text that does not parse
+    /// is an error.
+    pub fn preview_policy(
+        &self,
+        request: &AccessRequest<'_>,
+        resource_name: &str,
+        id: &PolicyId,
+        text: Option<&str>,
+    ) -> Result<(Vec<SubjectName>, Vec<SubjectName>), String> {
+        let mut changed = OrgPolicies::default();
+        if let Some(current) = self.policies.get(&id.org) {
+            changed.sources = current.sources.clone();
+        }
+        match text {
+            Some(text) => {
+                let set = PolicySet::from_str(text).map_err(|e| e.to_string())?;
+                changed.sources.insert(id.name.clone(), set);
+            }
+            None => {
+                changed.sources.remove(&id.name);
+            }
+        }
+        changed.compile();
+        let empty = ActionPolicies::default();
+        let now = self
+            .policies
+            .get(request.org)
+            .and_then(|org| org.by_action.get(request.action.as_str()))
+            .unwrap_or(&empty);
+        let after = changed
+            .by_action
+            .get(request.action.as_str())
+            .unwrap_or(&empty);
+        let mut subjects: Vec<&SubjectName> = self.grants.subjects(request.org).collect();
+        subjects.sort();
+        let mut allowed_now = Vec::new();
+        let mut allowed_after = Vec::new();
+        for subject in subjects {
+            let asked = AccessRequest {
+                subject,
+                ..*request
+            };
+            if self.decide_with(&asked, resource_name, now).allowed {
+                allowed_now.push(subject.clone());
+            }
+            if self.decide_with(&asked, resource_name, after).allowed {
+                allowed_after.push(subject.clone());
+            }
+        }
+        Ok((allowed_now, allowed_after))
+    }
+
     /// Decides whether `request.subject` may do `request.action` on the
     /// resource `resource_name` of kind `request.kind`.
     pub fn decide(&self, request: &AccessRequest<'_>, resource_name: &str) -> AccessDecision {
+        let empty = ActionPolicies::default();
+        let policies = self
+            .policies
+            .get(request.org)
+            .and_then(|org| org.by_action.get(request.action.as_str()))
+            .unwrap_or(&empty);
+        self.decide_with(request, resource_name, policies)
+    }
+
+    fn decide_with(
+        &self,
+        request: &AccessRequest<'_>,
+        resource_name: &str,
+        policies: &ActionPolicies,
+    ) -> AccessDecision {
         let denied = |reason: DenyReason| AccessDecision {
             allowed: false,
             grants: vec![],
@@ -198,12 +275,6 @@ impl Authorizer {
             Ok(found) => found,
             Err(reason) => return denied(reason),
         };
-        let empty = ActionPolicies::default();
-        let policies = self
-            .policies
-            .get(request.org)
-            .and_then(|org| org.by_action.get(request.action.as_str()))
-            .unwrap_or(&empty);
         let decision =
             |grants: Vec<Grant>, permitted_by: Vec<String>, forbidden_by: Vec<String>| {
                 let allowed =

@@ -10,6 +10,9 @@
 pub enum ErrorClass {
     /// The request itself is malformed or breaks a value rule.
     InvalidInput,
+    /// The request body cannot even be read (not JSON, not YAML, wrong
+    /// content type).
+    Malformed,
     /// The target does not exist (or is not visible to the caller).
     NotFound,
     /// The target already exists.

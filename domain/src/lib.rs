@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod aggregate;
+pub mod audit;
 pub mod authorize;
 pub mod error;
 pub mod ids;

@@ -276,6 +276,12 @@ pub enum OrgRejection {
     UnknownJobSpace(JobSpaceName),
     #[error("an organization holds at most {MAX_JOB_SPACES} job spaces")]
     TooManyJobSpaces,
+    #[error("parent organization `{0}` does not exist")]
+    UnknownParent(OrgName),
+    #[error("making `{parent}` the parent would close a cycle of organizations")]
+    ParentCycle { parent: OrgName },
+    #[error("cannot archive an organization with active child organizations: {}", .0.iter().map(OrgName::as_str).collect::<Vec<_>>().join(", "))]
+    HasActiveChildren(Vec<OrgName>),
 }
 
 impl ErrorCode for OrgRejection {
@@ -289,6 +295,9 @@ impl ErrorCode for OrgRejection {
             Self::InvalidReason => "org_invalid_reason",
             Self::UnknownJobSpace(_) => "unknown_job_space",
             Self::TooManyJobSpaces => "too_many_job_spaces",
+            Self::UnknownParent(_) => "unknown_parent",
+            Self::ParentCycle { .. } => "parent_cycle",
+            Self::HasActiveChildren(_) => "org_has_active_children",
         }
     }
 
@@ -296,12 +305,81 @@ impl ErrorCode for OrgRejection {
         match self {
             Self::AlreadyRegistered(_) => ErrorClass::AlreadyExists,
             Self::NotRegistered => ErrorClass::NotFound,
-            Self::OwnParent | Self::InvalidReason | Self::TooManyJobSpaces => {
-                ErrorClass::InvalidInput
-            }
+            Self::OwnParent
+            | Self::InvalidReason
+            | Self::TooManyJobSpaces
+            | Self::UnknownParent(_)
+            | Self::ParentCycle { .. } => ErrorClass::InvalidInput,
+            Self::HasActiveChildren(_) => ErrorClass::FailedPrecondition,
             Self::UnknownJobSpace(_) => ErrorClass::NotFound,
             Self::Archived(_) | Self::InvalidTransition { .. } => ErrorClass::FailedPrecondition,
         }
+    }
+}
+
+/// What the rules that span several orgs need to know of the others.
+pub trait OrgTree {
+    /// The org's parent, `Some(None)` for a root org, `None` when the org
+    /// is not registered.
+    fn parent_of(&self, org: &OrgName) -> Option<Option<OrgName>>;
+    /// The org's children that are not archived.
+    fn active_children(&self, org: &OrgName) -> Vec<OrgName>;
+}
+
+/// The rules of the org tree, checked before a command reaches the org:
+/// a parent must exist and must not be the org or one of its descendants,
+/// and an org with active children cannot be archived.
+pub fn check_tree(
+    org: &OrgName,
+    command: &OrgCommand,
+    tree: &impl OrgTree,
+) -> Result<(), OrgRejection> {
+    match command {
+        OrgCommand::Register {
+            parent: Some(parent),
+            ..
+        }
+        | OrgCommand::SetParent {
+            parent: Some(parent),
+        } => {
+            if parent == org {
+                return Err(OrgRejection::OwnParent);
+            }
+            let mut current = Some(parent.clone());
+            let mut steps = 0usize;
+            while let Some(name) = current {
+                if name == *org {
+                    return Err(OrgRejection::ParentCycle {
+                        parent: parent.clone(),
+                    });
+                }
+                current = match tree.parent_of(&name) {
+                    Some(next) => next,
+                    None if name == *parent => {
+                        return Err(OrgRejection::UnknownParent(parent.clone()));
+                    }
+                    None => None,
+                };
+                steps += 1;
+                if steps > 10_000 {
+                    // A cycle among other orgs cannot be created through
+                    // these rules; refuse rather than loop if one exists.
+                    return Err(OrgRejection::ParentCycle {
+                        parent: parent.clone(),
+                    });
+                }
+            }
+            Ok(())
+        }
+        OrgCommand::Archive => {
+            let children = tree.active_children(org);
+            if children.is_empty() {
+                Ok(())
+            } else {
+                Err(OrgRejection::HasActiveChildren(children))
+            }
+        }
+        _ => Ok(()),
     }
 }
 
@@ -496,6 +574,94 @@ fn registered_v1_to_v2(mut payload: Value) -> Result<Value, String> {
 
 pub(crate) fn register_upcasters(upcasters: &mut Upcasters) {
     upcasters.register(Organization::KIND, "Registered", 1, registered_v1_to_v2);
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Tree(HashMap<&'static str, (Option<&'static str>, bool)>);
+
+    impl OrgTree for Tree {
+        fn parent_of(&self, org: &OrgName) -> Option<Option<OrgName>> {
+            self.0
+                .get(org.as_str())
+                .map(|(p, _)| p.map(|p| OrgName::parse(p).unwrap()))
+        }
+        fn active_children(&self, org: &OrgName) -> Vec<OrgName> {
+            let mut out: Vec<OrgName> = self
+                .0
+                .iter()
+                .filter(|(_, (p, active))| *p == Some(org.as_str()) && *active)
+                .map(|(n, _)| OrgName::parse(*n).unwrap())
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    fn n(s: &str) -> OrgName {
+        OrgName::parse(s).unwrap()
+    }
+
+    fn tree() -> Tree {
+        // holding -> acme -> acme-eu ; other (archived child of acme)
+        Tree(HashMap::from([
+            ("holding", (None, true)),
+            ("acme", (Some("holding"), true)),
+            ("acme-eu", (Some("acme"), true)),
+            ("old", (Some("acme-eu"), false)),
+        ]))
+    }
+
+    #[test]
+    fn a_parent_must_exist() {
+        let cmd = OrgCommand::SetParent {
+            parent: Some(n("nowhere")),
+        };
+        assert_eq!(
+            check_tree(&n("acme"), &cmd, &tree()),
+            Err(OrgRejection::UnknownParent(n("nowhere")))
+        );
+    }
+
+    #[test]
+    fn a_descendant_cannot_become_the_parent() {
+        let cmd = OrgCommand::SetParent {
+            parent: Some(n("acme-eu")),
+        };
+        assert_eq!(
+            check_tree(&n("holding"), &cmd, &tree()),
+            Err(OrgRejection::ParentCycle {
+                parent: n("acme-eu")
+            })
+        );
+        let own = OrgCommand::SetParent {
+            parent: Some(n("acme")),
+        };
+        assert_eq!(
+            check_tree(&n("acme"), &own, &tree()),
+            Err(OrgRejection::OwnParent)
+        );
+        let fine = OrgCommand::SetParent {
+            parent: Some(n("holding")),
+        };
+        assert_eq!(check_tree(&n("acme-eu"), &fine, &tree()), Ok(()));
+    }
+
+    #[test]
+    fn archiving_waits_for_active_children() {
+        assert_eq!(
+            check_tree(&n("acme"), &OrgCommand::Archive, &tree()),
+            Err(OrgRejection::HasActiveChildren(vec![n("acme-eu")]))
+        );
+        // Its only child is archived.
+        assert_eq!(
+            check_tree(&n("acme-eu"), &OrgCommand::Archive, &tree()),
+            Ok(())
+        );
+    }
 }
 
 #[cfg(test)]

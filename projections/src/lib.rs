@@ -13,6 +13,7 @@
 //! order, and it never writes events.
 
 pub mod access;
+pub mod directory;
 pub mod error;
 pub mod organizations;
 pub mod postgres;
@@ -29,7 +30,11 @@ pub use runner::{ProjectionRunner, RebuildReport, rebuild};
 
 /// Every projection Charter runs, in the order they start.
 pub fn projectors() -> Vec<std::sync::Arc<dyn Projector>> {
-    vec![std::sync::Arc::new(organizations::OrganizationsProjector)]
+    vec![
+        std::sync::Arc::new(organizations::OrganizationsProjector),
+        std::sync::Arc::new(directory::DirectoryProjector),
+        std::sync::Arc::new(directory::AuditProjector),
+    ]
 }
 
 /// The projector of that name.

@@ -372,7 +372,7 @@ impl ReadModels for PostgresReadModels {
         &self,
         projection: &str,
         collection: &str,
-        org: &OrgName,
+        org: Option<&OrgName>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Document>, ProjectionError> {
@@ -380,13 +380,13 @@ impl ReadModels for PostgresReadModels {
             "SELECT r.collection, r.key, r.org, r.doc, r.position
                FROM read_models r JOIN projections p
                  ON p.name = r.projection AND p.active_generation = r.generation
-              WHERE r.projection = $1 AND r.collection = $2 AND r.org = $3
+              WHERE r.projection = $1 AND r.collection = $2 AND ($3::text IS NULL OR r.org = $3)
                 AND ($4::text IS NULL OR r.key > $4)
               ORDER BY r.key LIMIT $5",
         )
         .bind(projection)
         .bind(collection)
-        .bind(org.as_str())
+        .bind(org.map(OrgName::as_str))
         .bind(after)
         .bind(to_i64(limit as u64))
         .fetch_all(&self.pool)

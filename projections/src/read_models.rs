@@ -82,12 +82,13 @@ pub trait ReadModels: Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<Document>, ProjectionError>;
 
-    /// An org's documents of a collection in key order, after the cursor.
+    /// The documents of a collection in key order, after the cursor: one
+    /// org's, or every org's when `org` is `None`.
     async fn list(
         &self,
         projection: &str,
         collection: &str,
-        org: &OrgName,
+        org: Option<&OrgName>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Document>, ProjectionError>;

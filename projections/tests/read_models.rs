@@ -171,14 +171,14 @@ async fn organizations_follow_the_log(backend: Backend) {
     // An org's list holds its documents and nobody else's.
     let listed = backend
         .models
-        .list(PROJECTION, COLLECTION, &org("acme"), None, 10)
+        .list(PROJECTION, COLLECTION, Some(&org("acme")), None, 10)
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, "acme");
     let after = backend
         .models
-        .list(PROJECTION, COLLECTION, &org("acme"), Some("acme"), 10)
+        .list(PROJECTION, COLLECTION, Some(&org("acme")), Some("acme"), 10)
         .await
         .unwrap();
     assert!(after.is_empty());

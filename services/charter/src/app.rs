@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use charter_commands::EventStore;
+use charter_commands::{CommandHandler, EventStore};
+use charter_projections::access::AccessIndex;
+
+use crate::auth::{Authenticator, SigningKey};
+use crate::gateway::Gateway;
 use charter_commands::bus::InProcessBus;
 use charter_commands::jetstream::{JetStreamConfig, JetStreamPublisher};
 use charter_commands::publish::EventPublisher;
@@ -30,6 +34,7 @@ pub struct Application {
     publisher: Arc<dyn EventPublisher>,
     destination: String,
     bus: Option<InProcessBus>,
+    signing_key: SigningKey,
 }
 
 impl Application {
@@ -79,6 +84,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {requested} (configuration key `listen`)"))?;
         let address = listener.local_addr()?;
+        let signing_key = SigningKey::load(&config).context("loading the token signing key")?;
         Ok(Self {
             config,
             store,
@@ -88,6 +94,7 @@ impl Application {
             publisher,
             destination,
             bus,
+            signing_key,
         })
     }
 
@@ -135,6 +142,18 @@ impl Application {
                 tokio::spawn(runner.run(wait_for_stop(stopped.clone())))
             })
             .collect();
+        let access = Arc::new(AccessIndex::new());
+        let access_task = tokio::spawn(
+            Arc::clone(&access).follow(Arc::clone(&self.store), wait_for_stop(stopped.clone())),
+        );
+        let gateway = Arc::new(Gateway {
+            store: Arc::clone(&self.store),
+            handler: CommandHandler::new(Arc::clone(&self.store)),
+            read_models: Arc::clone(&self.read_models),
+            access,
+            auth: Authenticator::new(self.signing_key.clone()),
+            read_wait: Duration::from_millis(self.config.read_wait_ms),
+        });
         let upkeep = tokio::spawn(async {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -150,7 +169,15 @@ impl Application {
         );
         let app = router(AppState {
             store: Arc::clone(&self.store),
-        });
+        })
+        .merge(crate::rest::router(
+            Arc::clone(&gateway),
+            self.config.max_body_bytes,
+        ))
+        .merge(crate::graphql::router(gateway, self.config.max_body_bytes))
+        .layer(axum::middleware::map_response(
+            crate::http::problem_for_plain_errors,
+        ));
         let signal_stop = stop.clone();
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
@@ -172,6 +199,7 @@ impl Application {
         let _ = stop.send(true);
         upkeep.abort();
         let _ = relay_task.await;
+        let _ = access_task.await;
         for task in projection_tasks {
             let _ = task.await;
         }

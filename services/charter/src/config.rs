@@ -42,6 +42,28 @@ pub struct Config {
     pub max_batch: usize,
     /// How long `serve` lets in-flight requests finish on shutdown.
     pub shutdown_grace_seconds: u64,
+    /// Where generated state lives (the token signing key, when
+    /// `signing_key` is not set).
+    pub data_dir: String,
+    /// The key that signs and checks tokens (HS256), at least 32
+    /// characters. When unset, one is generated into
+    /// `<data_dir>/charter-signing.key` on first use.
+    pub signing_key: Option<Secret>,
+    /// Largest request body the API accepts, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a read that asks for a position (read-your-writes) waits.
+    pub read_wait_ms: u64,
+}
+
+/// A value that must never reach a log: its `Debug` is redacted.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -63,6 +85,10 @@ impl Default for Config {
             max_event_bytes: 512 * 1024,
             max_batch: 10_000,
             shutdown_grace_seconds: 10,
+            data_dir: ".".to_owned(),
+            signing_key: None,
+            max_body_bytes: 1024 * 1024,
+            read_wait_ms: 2000,
         }
     }
 }
@@ -94,6 +120,10 @@ const ENV_KEYS: &[&str] = &[
     "max_event_bytes",
     "max_batch",
     "shutdown_grace_seconds",
+    "data_dir",
+    "signing_key",
+    "max_body_bytes",
+    "read_wait_ms",
 ];
 
 /// Flags given on the command line; `None` leaves the lower layers alone.
@@ -209,6 +239,17 @@ impl Config {
                 "max_batch",
                 format!("must be 1 to {}", charter_commands::store::HARD_MAX_BATCH),
             );
+        }
+        if let Some(key) = &self.signing_key
+            && key.0.len() < 32
+        {
+            return invalid("signing_key", "must be at least 32 characters".into());
+        }
+        if self.data_dir.trim().is_empty() {
+            return invalid("data_dir", "must name a directory".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes", "must be at least 1024".into());
         }
         Ok(())
     }

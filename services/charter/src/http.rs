@@ -23,6 +23,7 @@ pub struct AppState {
 pub fn status_for(class: ErrorClass) -> StatusCode {
     match class {
         ErrorClass::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorClass::Malformed => StatusCode::BAD_REQUEST,
         ErrorClass::NotFound => StatusCode::NOT_FOUND,
         ErrorClass::AlreadyExists | ErrorClass::Conflict => StatusCode::CONFLICT,
         ErrorClass::FailedPrecondition => StatusCode::CONFLICT,
@@ -38,8 +39,21 @@ pub fn status_for(class: ErrorClass) -> StatusCode {
 #[derive(Debug)]
 pub struct Problem {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub detail: String,
+    /// Machine-readable specifics (field paths, deciding policies, …).
+    pub details: Option<Box<serde_json::Value>>,
+}
+
+impl From<crate::gateway::ApiError> for Problem {
+    fn from(error: crate::gateway::ApiError) -> Self {
+        Self {
+            status: status_for(error.class),
+            code: error.code,
+            detail: error.message,
+            details: error.details,
+        }
+    }
 }
 
 impl Problem {
@@ -54,21 +68,25 @@ impl Problem {
         };
         Self {
             status: status_for(class),
-            code: error.code(),
+            code: error.code().into(),
             detail,
+            details: None,
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": format!("https://charter.dev/problems/{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("error"),
             "status": self.status.as_u16(),
             "code": self.code,
             "detail": self.detail,
         });
+        if let (Some(details), Some(map)) = (self.details, body.as_object_mut()) {
+            map.insert("details".into(), *details);
+        }
         (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
@@ -76,6 +94,52 @@ impl IntoResponse for Problem {
         )
             .into_response()
     }
+}
+
+/// Turns the framework's own plain-text errors (a path or query that does
+/// not parse, a wrong method, a body too large) into problem documents, so
+/// that every error a client sees has the same shape and a `code`.
+pub async fn problem_for_plain_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !is_plain {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::NOT_FOUND => "not_found",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body)
+        .chars()
+        .take(500)
+        .collect::<String>();
+    Problem {
+        status,
+        code: code.into(),
+        detail: if detail.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            detail
+        },
+        details: None,
+    }
+    .into_response()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -123,8 +187,9 @@ async fn metrics() -> Response {
 async fn not_found() -> Response {
     Problem {
         status: StatusCode::NOT_FOUND,
-        code: "route_not_found",
+        code: "route_not_found".into(),
         detail: "no such endpoint".to_owned(),
+        details: None,
     }
     .into_response()
 }

@@ -8,12 +8,18 @@
 //! beside this one and this binary keeps only the wiring.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod bench_policy;
+pub mod client;
 pub mod config;
 pub mod events_cli;
+pub mod gateway;
+pub mod graphql;
 pub mod http;
 pub mod manifests;
+pub mod rest;
+pub mod schemas;
 pub mod telemetry;
 
 pub use app::Application;

@@ -52,6 +52,77 @@ enum Command {
     /// Measure the store.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Credentials for the API.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write the generated GraphQL SDL, OpenAPI document and manifest JSON
+    /// Schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Send manifests to a running server: created / updated / unchanged
+    /// per object.
+    Apply(ApplyArgs),
+    /// Show what `apply` would change, changing nothing.
+    Diff(ApplyArgs),
+    /// Read objects back from a running server.
+    Get(GetArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server's base URL (CHARTER_SERVER; default http://127.0.0.1:8080).
+    #[arg(long, env = "CHARTER_SERVER", value_name = "URL")]
+    server: Option<String>,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// A manifest file or a directory of them.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    file: PathBuf,
+    /// Go ahead even though a policy change would lock every admin out.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// orgs, subjects, roles, rolebindings, policies, jobspaces or audit.
+    kind: String,
+    /// One object's name (all of them when omitted).
+    name: Option<String>,
+    /// The org the objects live in (the credential's own org by default).
+    #[arg(long)]
+    org: Option<String>,
+    /// json, yaml or table.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    output: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Write every generated schema file under a directory.
+    Export {
+        #[arg(long, default_value = "schema")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a signed token for a subject (`root` or `org:name`), using the
+    /// server's signing key (same configuration as `serve`).
+    Issue {
+        #[arg(long)]
+        subject: String,
+        /// How long it is valid: 90s, 15m, 12h, 30d.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +208,26 @@ fn main() -> ExitCode {
     };
     if let Command::Validate { file } = &cli.command {
         return validate(file);
+    }
+    if let Command::Schema(SchemaCommand::Export { dir }) = &cli.command {
+        return match charter::schemas::export(dir) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("wrote {path}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("charter: writing schemas into {}: {error}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if matches!(
+        cli.command,
+        Command::Apply(_) | Command::Diff(_) | Command::Get(_)
+    ) {
+        return client(cli.command);
     }
     if let Command::Bench(BenchCommand::Policy {
         policies,
@@ -234,6 +325,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Policy { .. }) => Ok(()),
+        Command::Apply(_) | Command::Diff(_) | Command::Get(_) | Command::Schema(_) => Ok(()),
+        Command::Token(TokenCommand::Issue { subject, ttl }) => {
+            let principal: charter::auth::Principal =
+                subject.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let ttl = charter::auth::parse_ttl(&ttl).map_err(|e| anyhow::anyhow!(e))?;
+            let key = charter::auth::SigningKey::load(&config)?;
+            println!("{}", key.issue(&principal, ttl)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Read { events }) => {
             let figures = bench::read(&config, events).await?;
             println!("{figures}");
@@ -285,6 +385,112 @@ async fn projections(command: ProjectionsCommand, config: &Config) -> anyhow::Re
             let report = charter_projections::rebuild(&*store, &*models, &*projector, 1000).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
+        }
+    }
+}
+
+/// `charter apply`, `diff`, `get`: a client of a running server.
+fn client(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("charter: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = std::env::var("CHARTER_TOKEN").ok();
+    let outcome = runtime.block_on(async move {
+        match command {
+            Command::Apply(args) => apply(args, token, false).await,
+            Command::Diff(args) => apply(args, token, true).await,
+            Command::Get(args) => get(args, token).await,
+            _ => Ok(()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            match error.downcast_ref::<charter::client::ServerError>() {
+                Some(server) => {
+                    eprintln!(
+                        "charter: {} ({}, HTTP {})",
+                        server.detail, server.code, server.status
+                    );
+                    if let Some(details) = &server.details {
+                        eprintln!(
+                            "{}",
+                            serde_json::to_string_pretty(details).unwrap_or_default()
+                        );
+                    }
+                }
+                None => eprintln!("charter: {error:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn apply(args: ApplyArgs, token: Option<String>, dry_run: bool) -> anyhow::Result<()> {
+    let documents = charter::client::read_documents(&args.file)?;
+    let client = charter::client::Client::new(args.client.server, token)?;
+    let report = client.apply(&documents, dry_run, args.force).await?;
+    charter::client::print_apply(&report, dry_run);
+    Ok(())
+}
+
+async fn get(args: GetArgs, token: Option<String>) -> anyhow::Result<()> {
+    let client = charter::client::Client::new(args.client.server, token)?;
+    let (segment, in_org) = charter::client::kind_path(&args.kind)?;
+    let value = if in_org || args.name.is_some() {
+        let org = match (&args.org, in_org) {
+            (Some(org), _) => org.clone(),
+            (None, false) => args.name.clone().unwrap_or_default(),
+            (None, true) => {
+                let me = client.get("/v1/whoami", &[]).await?;
+                me["org"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("root belongs to no org: name one with --org")?
+            }
+        };
+        match (in_org, &args.name) {
+            (false, _) => client.get(&format!("/v1/orgs/{org}"), &[]).await?,
+            (true, Some(name)) => {
+                client
+                    .get(&format!("/v1/orgs/{org}/{segment}/{name}"), &[])
+                    .await?
+            }
+            (true, None) => all_pages(&client, &format!("/v1/orgs/{org}/{segment}")).await?,
+        }
+    } else {
+        all_pages(&client, "/v1/orgs").await?
+    };
+    charter::client::print_objects(&value, &args.output)
+}
+
+/// Follows `nextCursor` to the end of a listing.
+async fn all_pages(
+    client: &charter::client::Client,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "500".to_owned())];
+        if let Some(cursor) = &after {
+            query.push(("after", cursor.clone()));
+        }
+        let page = client.get(path, &query).await?;
+        match &page {
+            serde_json::Value::Array(list) => return Ok(serde_json::Value::Array(list.clone())),
+            _ => items.extend(page["items"].as_array().cloned().unwrap_or_default()),
+        }
+        match page["nextCursor"].as_str() {
+            Some(cursor) => after = Some(cursor.to_owned()),
+            None => return Ok(serde_json::Value::Array(items)),
         }
     }
 }

@@ -1,0 +1,150 @@
+//! The `directory` projection: one document per subject, role, role binding
+//! and policy, and the `audit` projection: one document per denied request.
+//!
+//! Each document is `{"state": <the aggregate's state>, "version",
+//! "created_at", "updated_at"}`, folded with the aggregate's own `evolve`,
+//! so the read side can never disagree with what the write side decides
+//! on. An object whose state folds back to nothing (deleted) loses its
+//! document. Keys are `org:name` (`org:uuid` for audit records, which sort
+//! in time order), and every document is scoped to its org.
+
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use charter_commands::RecordedEvent;
+use charter_domain::Aggregate;
+use charter_domain::audit::AuditRecord;
+use charter_domain::policy::Policy;
+use charter_domain::role::{Role, RoleBinding};
+use charter_domain::subject::Subject;
+use serde_json::{Value, json};
+
+use crate::{Documents, ProjectionError, Projector};
+
+pub const DIRECTORY: &str = "directory";
+pub const AUDIT: &str = "audit";
+
+pub const SUBJECTS: &str = "subjects";
+pub const ROLES: &str = "roles";
+pub const BINDINGS: &str = "rolebindings";
+pub const POLICIES: &str = "policies";
+pub const DENIALS: &str = "denials";
+
+fn failed(
+    projection: &str,
+    event: &RecordedEvent,
+    reason: impl std::fmt::Display,
+) -> ProjectionError {
+    ProjectionError::Projector {
+        projection: projection.to_owned(),
+        position: event.position,
+        reason: reason.to_string(),
+    }
+}
+
+/// Folds one aggregate's events into one collection.
+struct Fold<A>(PhantomData<A>);
+
+impl<A: Aggregate> Fold<A> {
+    async fn apply(
+        projection: &str,
+        collection: &str,
+        event: &RecordedEvent,
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        let domain_event: A::Event = event.to_domain()?;
+        let key = event
+            .stream_id
+            .as_str()
+            .strip_prefix(A::KIND)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .ok_or_else(|| failed(projection, event, "stream of another aggregate"))?
+            .to_owned();
+        let current = docs.get(collection, &key).await?;
+        let (mut state, created_at) = match current {
+            Some(mut doc) => (
+                serde_json::from_value::<A>(
+                    doc.get_mut("state").map(Value::take).unwrap_or(Value::Null),
+                )
+                .map_err(|e| failed(projection, event, e))?,
+                doc.get_mut("created_at")
+                    .map(Value::take)
+                    .unwrap_or(Value::Null),
+            ),
+            None => (A::default(), json!(event.recorded_at)),
+        };
+        state.evolve(&domain_event);
+        let state = serde_json::to_value(&state).map_err(|e| failed(projection, event, e))?;
+        if state.is_null() {
+            docs.delete(collection, &key);
+        } else {
+            docs.put(
+                collection,
+                &key,
+                &event.org,
+                json!({
+                    "state": state,
+                    "version": event.version.0,
+                    "created_at": created_at,
+                    "updated_at": event.recorded_at,
+                }),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Subjects, roles, role bindings and policies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectoryProjector;
+
+#[async_trait]
+impl Projector for DirectoryProjector {
+    fn name(&self) -> &'static str {
+        DIRECTORY
+    }
+
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        matches!(
+            event.aggregate_type.as_str(),
+            Subject::KIND | Role::KIND | RoleBinding::KIND | Policy::KIND
+        )
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        match event.aggregate_type.as_str() {
+            Subject::KIND => Fold::<Subject>::apply(DIRECTORY, SUBJECTS, event, docs).await,
+            Role::KIND => Fold::<Role>::apply(DIRECTORY, ROLES, event, docs).await,
+            RoleBinding::KIND => Fold::<RoleBinding>::apply(DIRECTORY, BINDINGS, event, docs).await,
+            Policy::KIND => Fold::<Policy>::apply(DIRECTORY, POLICIES, event, docs).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Denied requests, per org, in time order.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuditProjector;
+
+#[async_trait]
+impl Projector for AuditProjector {
+    fn name(&self) -> &'static str {
+        AUDIT
+    }
+
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        event.aggregate_type == AuditRecord::KIND
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        Fold::<AuditRecord>::apply(AUDIT, DENIALS, event, docs).await
+    }
+}

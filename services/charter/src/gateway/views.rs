@@ -1,0 +1,372 @@
+//! What the APIs answer with: one set of types for REST (serde, OpenAPI
+//! schemas) and GraphQL (objects), built from the read models' documents.
+
+use async_graphql::SimpleObject;
+use charter_domain::access::Grant;
+use charter_domain::audit::AuditRecord;
+use charter_domain::authorize::AccessDecision;
+use charter_domain::organization::{Lifecycle, OrgState};
+use charter_domain::policy::PolicyState;
+use charter_domain::role::{BindingScope, BindingState, RoleState};
+use charter_domain::subject::{SubjectKind, SubjectState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::ApiError;
+
+/// When a document was created and last changed, and its stream version
+/// (the `expectedVersion` to send with a command that must not race).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Global log position of the last event that changed it.
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpaceView {
+    pub org: String,
+    pub name: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+#[graphql(name = "OrganizationFields")]
+pub struct OrgView {
+    pub name: String,
+    pub display_name: String,
+    pub tags: Vec<Tag>,
+    pub parent: Option<String>,
+    /// `Requested`, `Provisioning`, `Active`, `Suspended` or `Archived`.
+    pub lifecycle: String,
+    pub suspension_reason: Option<String>,
+    pub job_spaces: Vec<JobSpaceView>,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectView {
+    pub org: String,
+    pub name: String,
+    /// `user`, `service_account` or `agent`.
+    pub kind: String,
+    pub display_name: String,
+    pub disabled: bool,
+    /// The ids of its API keys (never the keys).
+    pub api_keys: Vec<String>,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+pub struct RuleView {
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleView {
+    pub org: String,
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<RuleView>,
+    pub tools: Vec<String>,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingView {
+    pub org: String,
+    pub name: String,
+    pub subject: String,
+    pub role: String,
+    /// Omitted: the binding applies in the whole org.
+    pub job_space: Option<String>,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub org: String,
+    pub name: String,
+    /// The policy's own version: 1 for the first text, +1 per change.
+    pub policy_version: u32,
+    /// The Cedar text in force.
+    pub text: String,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntryView {
+    pub id: String,
+    pub org: String,
+    pub at: String,
+    pub principal: String,
+    pub action: String,
+    pub kind: String,
+    pub resource: String,
+    pub job_space: Option<String>,
+    pub operation: String,
+    pub reason: String,
+    pub forbidden_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+pub struct GrantView {
+    pub binding: String,
+    pub role: String,
+}
+
+impl From<&Grant> for GrantView {
+    fn from(grant: &Grant) -> Self {
+        Self {
+            binding: grant.binding.to_string(),
+            role: grant.role.to_string(),
+        }
+    }
+}
+
+/// An access decision and what decided it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionView {
+    pub allowed: bool,
+    /// Role grants (binding and role) that allow it.
+    pub grants: Vec<GrantView>,
+    /// Org policies (`name#index`) whose `permit` matched.
+    pub permitted_by: Vec<String>,
+    /// Org policies (`name#index`) whose `forbid` matched: any one denies.
+    pub forbidden_by: Vec<String>,
+    /// Why it was denied before any policy was consulted, if so.
+    pub denied_because: Option<String>,
+    /// `builtin:root` when the built-in root decided it.
+    pub decided_by: Option<String>,
+}
+
+impl DecisionView {
+    pub fn root() -> Self {
+        Self {
+            allowed: true,
+            grants: vec![],
+            permitted_by: vec![],
+            forbidden_by: vec![],
+            denied_because: None,
+            decided_by: Some("builtin:root".into()),
+        }
+    }
+}
+
+impl From<&AccessDecision> for DecisionView {
+    fn from(d: &AccessDecision) -> Self {
+        Self {
+            allowed: d.allowed,
+            grants: d.grants.iter().map(GrantView::from).collect(),
+            permitted_by: d.permitted_by.clone(),
+            forbidden_by: d.forbidden_by.clone(),
+            denied_because: d.denied_because.map(str::to_owned),
+            decided_by: None,
+        }
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn meta(doc: &Value, position: u64) -> Meta {
+    Meta {
+        version: doc.get("version").and_then(Value::as_u64).unwrap_or(0),
+        created_at: text(doc.get("created_at").unwrap_or(&Value::Null)),
+        updated_at: text(doc.get("updated_at").unwrap_or(&Value::Null)),
+        position,
+    }
+}
+
+fn decode<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| ApiError::internal(format!("read model: {e}")))
+}
+
+fn state_of<T: DeserializeOwned>(doc: &Value) -> Result<T, ApiError> {
+    decode(doc.get("state").cloned().unwrap_or(Value::Null))
+}
+
+fn kind_name(kind: SubjectKind) -> String {
+    match kind {
+        SubjectKind::User => "user",
+        SubjectKind::ServiceAccount => "service_account",
+        SubjectKind::Agent => "agent",
+    }
+    .to_owned()
+}
+
+pub fn lifecycle_name(lifecycle: Lifecycle) -> &'static str {
+    match lifecycle {
+        Lifecycle::Requested => "Requested",
+        Lifecycle::Provisioning => "Provisioning",
+        Lifecycle::Active => "Active",
+        Lifecycle::Suspended => "Suspended",
+        Lifecycle::Archived => "Archived",
+    }
+}
+
+impl OrgView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: OrgState = decode(doc.clone())?;
+        Ok(Self {
+            job_spaces: state
+                .job_spaces
+                .iter()
+                .map(|(name, display)| JobSpaceView {
+                    org: state.name.to_string(),
+                    name: name.to_string(),
+                    display_name: display.as_str().to_owned(),
+                })
+                .collect(),
+            name: state.name.to_string(),
+            display_name: state.display_name.as_str().to_owned(),
+            tags: state
+                .tags
+                .iter()
+                .map(|(k, v)| Tag {
+                    key: k.to_owned(),
+                    value: v.to_owned(),
+                })
+                .collect(),
+            parent: state.parent.map(|p| p.to_string()),
+            lifecycle: lifecycle_name(state.lifecycle).to_owned(),
+            suspension_reason: state.suspension_reason,
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl SubjectView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: SubjectState = state_of(doc)?;
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            kind: kind_name(state.kind),
+            display_name: state.display_name.as_str().to_owned(),
+            disabled: state.disabled,
+            api_keys: state
+                .api_keys
+                .keys()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl RoleView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: RoleState = state_of(doc)?;
+        // Rules and tool patterns serialize as the manifest writes them.
+        let spec = serde_json::to_value(&state.spec)
+            .map_err(|e| ApiError::internal(format!("read model: {e}")))?;
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default()
+        };
+        let rules = spec
+            .get("rules")
+            .and_then(Value::as_array)
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| RuleView {
+                        actions: strings(r.get("actions")),
+                        resources: strings(r.get("resources")),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            description: state.spec.description.clone(),
+            rules,
+            tools: strings(spec.get("tools")),
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl BindingView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: BindingState = state_of(doc)?;
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            subject: state.spec.subject.to_string(),
+            role: state.spec.role.to_string(),
+            job_space: match state.spec.scope {
+                BindingScope::Org => None,
+                BindingScope::JobSpace(space) => Some(space.to_string()),
+            },
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl PolicyView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: PolicyState = state_of(doc)?;
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            policy_version: state.version,
+            text: state.text,
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl AuditEntryView {
+    pub fn from_doc(key: &str, org: &str, doc: &Value) -> Result<Self, ApiError> {
+        let record: AuditRecord = decode(doc.get("state").cloned().unwrap_or(Value::Null))?;
+        let denial = record
+            .0
+            .ok_or_else(|| ApiError::internal("empty audit record".into()))?;
+        Ok(Self {
+            id: key
+                .split_once(':')
+                .map(|(_, id)| id)
+                .unwrap_or(key)
+                .to_owned(),
+            org: org.to_owned(),
+            at: text(doc.get("created_at").unwrap_or(&Value::Null)),
+            principal: denial.principal,
+            action: denial.action,
+            kind: denial.kind.as_str().to_owned(),
+            resource: denial.resource,
+            job_space: denial.job_space.map(|s| s.to_string()),
+            operation: denial.operation,
+            reason: denial.reason,
+            forbidden_by: denial.forbidden_by,
+        })
+    }
+}

@@ -1,0 +1,516 @@
+//! GraphQL at `/graphql` (GraphiQL on GET): organizations with filters and
+//! cursor pagination, their subjects, roles, bindings, job spaces and
+//! policies, `checkAccess`, the audit log, and the mutations `apply` and
+//! `submitCommand`. Every resolver goes through the gateway, so REST and
+//! GraphQL authorize and isolate alike; errors carry `extensions.code`.
+//! Depth and complexity are limited (each list field costs its page size
+//! times what it selects).
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, EmptySubscription, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use charter_domain::role::ResourceKind;
+
+use crate::auth::Principal;
+use crate::gateway::apply::{ApplyOptions, ApplyReport};
+use crate::gateway::commands::CommandRequest;
+use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, PageArgs};
+use crate::gateway::views::{
+    AuditEntryView, BindingView, DecisionView, JobSpaceView, Meta, OrgView, PolicyView, RoleView,
+    SubjectView, Tag,
+};
+use crate::gateway::{ApiError, Caller, CommandReport, Gateway};
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Costliest query accepted (a field costs 1, a list its page size times
+/// its selection).
+pub const MAX_COMPLEXITY: usize = 20_000;
+
+pub type CharterSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The request's authentication outcome, put in the context.
+struct Auth(Result<Principal, ApiError>);
+
+fn error(e: ApiError) -> async_graphql::Error {
+    let status = crate::http::status_for(e.class).as_u16();
+    let details = e.details.clone();
+    async_graphql::Error::new(e.message.clone()).extend_with(|_, ext| {
+        ext.set("code", e.code.to_string());
+        ext.set("status", status);
+        if let Some(details) = &details
+            && let Ok(value) = async_graphql::Value::from_json((**details).clone())
+        {
+            ext.set("details", value);
+        }
+    })
+}
+
+fn caller(ctx: &Context<'_>, operation: &str) -> async_graphql::Result<Caller> {
+    let auth = ctx.data::<Auth>()?;
+    match &auth.0 {
+        Ok(principal) => Ok(Caller {
+            principal: principal.clone(),
+            operation: format!("graphql {operation}"),
+        }),
+        Err(e) => Err(error(e.clone())),
+    }
+}
+
+fn gateway<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Arc<Gateway>> {
+    ctx.data::<Arc<Gateway>>()
+}
+
+fn page(first: Option<i32>, after: Option<String>, min_position: Option<u64>) -> PageArgs {
+    PageArgs {
+        limit: first.map(|n| usize::try_from(n).unwrap_or(0)),
+        after,
+        min_position,
+    }
+}
+
+macro_rules! page_type {
+    ($name:ident, $item:ty) => {
+        #[derive(SimpleObject)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Pass as `after` for the next page; null on the last page.
+            pub next_cursor: Option<String>,
+        }
+    };
+}
+
+page_type!(OrganizationPage, Organization);
+page_type!(SubjectPage, SubjectView);
+page_type!(RolePage, RoleView);
+page_type!(RoleBindingPage, BindingView);
+page_type!(PolicyPage, PolicyView);
+page_type!(AuditPage, AuditEntryView);
+
+#[derive(InputObject, Default)]
+pub struct OrganizationFilter {
+    /// `key=value` (or just `key`).
+    pub tag: Option<String>,
+    pub parent: Option<String>,
+    /// Name prefix.
+    pub name: Option<String>,
+    pub lifecycle: Option<String>,
+}
+
+#[derive(InputObject, Default)]
+pub struct DirectoryFilterInput {
+    /// Name prefix.
+    pub name: Option<String>,
+    /// Subjects: `user`, `service_account` or `agent`.
+    pub kind: Option<String>,
+    /// Subjects: disabled or not.
+    pub disabled: Option<bool>,
+    /// Bindings: of this subject.
+    pub subject: Option<String>,
+    /// Bindings: to this role.
+    pub role: Option<String>,
+    /// Bindings: in this job space.
+    pub job_space: Option<String>,
+}
+
+impl From<DirectoryFilterInput> for DirectoryFilter {
+    fn from(f: DirectoryFilterInput) -> Self {
+        Self {
+            name: f.name,
+            kind: f.kind,
+            disabled: f.disabled,
+            subject: f.subject,
+            role: f.role,
+            job_space: f.job_space,
+        }
+    }
+}
+
+/// An organization, with what lives in it.
+pub struct Organization(OrgView);
+
+#[Object]
+impl Organization {
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn display_name(&self) -> &str {
+        &self.0.display_name
+    }
+    async fn tags(&self) -> &[Tag] {
+        &self.0.tags
+    }
+    async fn parent(&self) -> Option<&str> {
+        self.0.parent.as_deref()
+    }
+    /// `Requested`, `Provisioning`, `Active`, `Suspended` or `Archived`.
+    async fn lifecycle(&self) -> &str {
+        &self.0.lifecycle
+    }
+    async fn suspension_reason(&self) -> Option<&str> {
+        self.0.suspension_reason.as_deref()
+    }
+    async fn meta(&self) -> &Meta {
+        &self.0.meta
+    }
+
+    /// Needs `list` on `JobSpace`.
+    async fn job_spaces(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<JobSpaceView>> {
+        let caller = caller(ctx, "Organization.jobSpaces")?;
+        gateway(ctx)?
+            .list_job_spaces(&caller, &self.0.name, None)
+            .await
+            .map_err(error)
+    }
+
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn subjects(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<SubjectPage> {
+        let caller = caller(ctx, "Organization.subjects")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Subject,
+                &filter.unwrap_or_default().into(),
+                &page(first, after, None),
+                reads::subject_item,
+                reads::keep_subject,
+                |v: &SubjectView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(SubjectPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn roles(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<RolePage> {
+        let caller = caller(ctx, "Organization.roles")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Role,
+                &filter.unwrap_or_default().into(),
+                &page(first, after, None),
+                reads::role_item,
+                reads::keep_any,
+                |v: &RoleView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(RolePage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn role_bindings(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<RoleBindingPage> {
+        let caller = caller(ctx, "Organization.roleBindings")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::RoleBinding,
+                &filter.unwrap_or_default().into(),
+                &page(first, after, None),
+                reads::binding_item,
+                reads::keep_binding,
+                |v: &BindingView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(RoleBindingPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn policies(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<PolicyPage> {
+        let caller = caller(ctx, "Organization.policies")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Policy,
+                &filter.unwrap_or_default().into(),
+                &page(first, after, None),
+                reads::policy_item,
+                reads::keep_any,
+                |v: &PolicyView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(PolicyPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Me {
+    /// `root` or `org:subject`.
+    pub principal: String,
+    pub org: Option<String>,
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Who the credential names.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let caller = caller(ctx, "me")?;
+        Ok(Me {
+            principal: caller.principal.to_string(),
+            org: caller.principal.org().map(ToString::to_string),
+        })
+    }
+
+    /// The organizations the caller can see (its own; all, for root).
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn organizations(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<OrganizationFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+        min_position: Option<u64>,
+    ) -> async_graphql::Result<OrganizationPage> {
+        let caller = caller(ctx, "organizations")?;
+        let f = filter.unwrap_or_default();
+        let filter = OrgFilter {
+            tag: f.tag,
+            parent: f.parent,
+            name: f.name,
+            lifecycle: f.lifecycle,
+        };
+        let p = gateway(ctx)?
+            .list_orgs(&caller, &filter, &page(first, after, min_position))
+            .await
+            .map_err(error)?;
+        Ok(OrganizationPage {
+            items: p.items.into_iter().map(Organization).collect(),
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    /// One organization.
+    async fn organization(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        min_position: Option<u64>,
+    ) -> async_graphql::Result<Organization> {
+        let caller = caller(ctx, "organization")?;
+        gateway(ctx)?
+            .get_org(&caller, &name, min_position)
+            .await
+            .map(Organization)
+            .map_err(error)
+    }
+
+    /// May this subject do this action on this resource, and which
+    /// grants and policies decide it?
+    async fn check_access(
+        &self,
+        ctx: &Context<'_>,
+        question: AccessQuestion,
+    ) -> async_graphql::Result<DecisionView> {
+        let caller = caller(ctx, "checkAccess")?;
+        gateway(ctx)?
+            .check_access(&caller, &question)
+            .await
+            .map_err(error)
+    }
+
+    /// An org's denied requests (needs `list` on `AuditLog`).
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        org: String,
+        first: Option<i32>,
+        after: Option<String>,
+        min_position: Option<u64>,
+    ) -> async_graphql::Result<AuditPage> {
+        let caller = caller(ctx, "auditLog")?;
+        let p = gateway(ctx)?
+            .audit(&caller, &org, &page(first, after, min_position))
+            .await
+            .map_err(error)?;
+        Ok(AuditPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Applies manifests (YAML or JSON text): created / updated /
+    /// unchanged per object.
+    async fn apply(
+        &self,
+        ctx: &Context<'_>,
+        manifests: String,
+        dry_run: Option<bool>,
+        force: Option<bool>,
+    ) -> async_graphql::Result<ApplyReport> {
+        let caller = caller(ctx, "apply")?;
+        let documents = crate::manifests::documents(&manifests).map_err(|message| {
+            error(ApiError::new(
+                charter_domain::ErrorClass::Malformed,
+                "malformed_body",
+                format!("not valid YAML or JSON: {message}"),
+            ))
+        })?;
+        gateway(ctx)?
+            .apply(
+                &caller,
+                &documents,
+                ApplyOptions {
+                    dry_run: dry_run.unwrap_or(false),
+                    force: force.unwrap_or(false),
+                },
+            )
+            .await
+            .map_err(error)
+    }
+
+    /// Submits one command, as `POST /v1/commands` takes it.
+    async fn submit_command(
+        &self,
+        ctx: &Context<'_>,
+        command: Json<serde_json::Value>,
+    ) -> async_graphql::Result<CommandReport> {
+        let caller = caller(ctx, "submitCommand")?;
+        let request: CommandRequest = serde_json::from_value(command.0).map_err(|e| {
+            error(ApiError::new(
+                charter_domain::ErrorClass::InvalidInput,
+                "invalid_body",
+                e.to_string(),
+            ))
+        })?;
+        gateway(ctx)?.submit(&caller, &request).await.map_err(error)
+    }
+}
+
+/// The schema, without its per-request data.
+pub fn schema(gateway: Option<Arc<Gateway>>) -> CharterSchema {
+    let mut builder = Schema::build(Query, Mutation, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY);
+    if let Some(gateway) = gateway {
+        builder = builder.data(gateway);
+    }
+    builder.finish()
+}
+
+/// The SDL, as exported into `schema/`.
+pub fn sdl() -> String {
+    schema(None).sdl()
+}
+
+#[derive(Clone)]
+struct GraphqlState {
+    gateway: Arc<Gateway>,
+    schema: CharterSchema,
+}
+
+async fn graphql(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "unreadable_body"
+            };
+            return graphql_failure(status, code, &rejection.body_text());
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return graphql_failure(
+                axum::http::StatusCode::BAD_REQUEST,
+                "malformed_body",
+                &format!("not a GraphQL request (JSON with `query`): {e}"),
+            );
+        }
+    };
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let auth = Auth(state.gateway.authenticate(header));
+    let response = state.schema.execute(request.data(auth)).await;
+    axum::Json(response).into_response()
+}
+
+fn graphql_failure(status: axum::http::StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "errors": [{"message": message, "extensions": {"code": code, "status": status.as_u16()}}]
+        })),
+    )
+        .into_response()
+}
+
+async fn graphiql() -> Html<&'static str> {
+    Html(include_str!("graphiql.html"))
+}
+
+pub fn router(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {
+    let schema = schema(Some(Arc::clone(&gateway)));
+    Router::new()
+        .route("/graphql", get(graphiql).post(graphql))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(GraphqlState { gateway, schema })
+}
