@@ -348,14 +348,14 @@ impl Gateway {
                     )
                     .await;
                 }
-                Err(ApiError::not_found(
-                    kind_label(target.kind),
-                    if target.kind == ResourceKind::Organization {
-                        target.org.as_str()
+                // Exactly what a missing object answers.
+                Err(
+                    if target.kind == ResourceKind::Organization || target.name == "*" {
+                        ApiError::not_found("organization", target.org.as_str())
                     } else {
-                        &target.name
+                        ApiError::not_found(kind_label(target.kind), &target.name)
                     },
-                ))
+                )
             }
             Verdict::Denied(view) => {
                 let reason = if view.forbidden_by.is_empty() {
@@ -615,6 +615,17 @@ impl Gateway {
             }
             Intent::Policy(id, command) => {
                 Self::org_exists(facts, pending, &id.org)?;
+                if let PolicyCommand::Publish { text } = command
+                    && let Err(problems) = charter_domain::policy::check_policy(text)
+                {
+                    let summary: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    return Err(ApiError::new(
+                        ErrorClass::InvalidInput,
+                        "invalid_policy",
+                        format!("the policy is not valid: {}", summary.join("; ")),
+                    )
+                    .with_details(serde_json::json!({ "problems": problems })));
+                }
                 if !force {
                     Self::check_lock_out(authorizer, id, command)?;
                 }

@@ -411,6 +411,7 @@ impl Gateway {
             &Target::new(&org, ResourceKind::AuditLog, "*"),
         )
         .await?;
+        self.require_org(&org).await?;
         let prefix = format!("{org}:");
         self.scan(
             AUDIT,
@@ -461,6 +462,7 @@ impl Gateway {
             )
             .await?;
         }
+        self.require_org(&org).await?;
         if subject.org != org {
             // Subjects act only in their own org.
             return Ok(DecisionView {
