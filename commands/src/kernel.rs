@@ -58,6 +58,16 @@ pub struct CommandOutcome<E> {
     pub duplicate: bool,
 }
 
+/// How one command is to be handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handling {
+    /// Refuse with a conflict unless the stream is at this version.
+    pub expected: Option<StreamVersion>,
+    /// The command id was made for this command just now (not given by a
+    /// client), so looking for an earlier outcome is pointless.
+    pub fresh_command_id: bool,
+}
+
 /// An aggregate as loaded from the store.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
@@ -78,7 +88,7 @@ impl CommandHandler {
         Self {
             store,
             snapshot_every: 100,
-            max_attempts: 5,
+            max_attempts: 30,
         }
     }
 
@@ -107,23 +117,30 @@ impl CommandHandler {
     }
 
     async fn load_stream<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
-        let (mut state, mut version) = match self.store.load_snapshot(stream).await? {
+        let (snapshot, first) = self.store.load(stream, LOAD_BATCH).await?;
+        let (mut state, mut version, mut batch) = match snapshot {
             Some(snapshot) if snapshot.aggregate_type == A::KIND => {
                 match serde_json::from_value::<A>(snapshot.state) {
-                    Ok(state) => (state, snapshot.version),
+                    Ok(state) => (state, snapshot.version, Some(first)),
                     Err(error) => {
                         tracing::warn!(%stream, %error, "ignoring a snapshot that no longer fits");
-                        (A::default(), StreamVersion(0))
+                        (A::default(), StreamVersion(0), None)
                     }
                 }
             }
-            _ => (A::default(), StreamVersion(0)),
+            // No snapshot (or one of another type): the events read are
+            // the stream's first ones.
+            Some(_) => (A::default(), StreamVersion(0), None),
+            None => (A::default(), StreamVersion(0), Some(first)),
         };
         loop {
-            let events = match self.store.read_stream(stream, version, LOAD_BATCH).await {
-                Ok(events) => events,
-                Err(StoreError::StreamNotFound(_)) if version == StreamVersion(0) => Vec::new(),
-                Err(error) => return Err(error),
+            let events = match batch.take() {
+                Some(events) => events,
+                None => match self.store.read_stream(stream, version, LOAD_BATCH).await {
+                    Ok(events) => events,
+                    Err(StoreError::StreamNotFound(_)) if version == StreamVersion(0) => Vec::new(),
+                    Err(error) => return Err(error),
+                },
             };
             for recorded in &events {
                 let event: A::Event = recorded.to_domain()?;
@@ -143,7 +160,8 @@ impl CommandHandler {
         command: &A::Command,
         meta: &CommandMeta,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
-        self.handle_at::<A>(id, command, meta, None).await
+        self.handle_at::<A>(id, command, meta, Handling::default())
+            .await
     }
 
     /// Handles one command, but only against the stream version the caller
@@ -168,12 +186,18 @@ impl CommandHandler {
         id: &A::Id,
         command: &A::Command,
         meta: &CommandMeta,
-        expected: Option<StreamVersion>,
+        handling: Handling,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
+        let expected = handling.expected;
         let stream = StreamId::for_aggregate::<A>(id)?;
         let mut meta = meta.clone();
         meta.aggregate_type = A::KIND.to_owned();
-        if let Some(first) = self.store.command_outcome(meta.command_id).await? {
+        // A repeated id answers with its first outcome, even if deciding
+        // again would now say otherwise. An id just made cannot repeat
+        // (and the append refuses a repeat anyway).
+        if !handling.fresh_command_id
+            && let Some(first) = self.store.command_outcome(meta.command_id).await?
+        {
             return self.replay_outcome::<A>(&stream, &meta, first).await;
         }
         let mut attempt = 0;
@@ -233,6 +257,13 @@ impl CommandHandler {
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "conflict; reloading and deciding again");
+                    metrics::counter!("charter_command_retries_total", "aggregate" => A::KIND)
+                        .increment(1);
+                    // Writers that collided back off by a random amount
+                    // (growing with each collision) so they stop colliding.
+                    let ceiling = 1u64 << attempt.min(5);
+                    let pause = rand::random_range(0..=ceiling * 1000);
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
                 }
                 Err(error) => return Err(error.into()),
             }

@@ -18,11 +18,12 @@ pub mod relay;
 mod sql;
 pub mod sqlite;
 pub mod store;
+pub mod tail;
 
 pub use error::StoreError;
 pub use event::{
     AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId,
     StreamVersion,
 };
-pub use kernel::{CommandError, CommandHandler, CommandOutcome};
+pub use kernel::{CommandError, CommandHandler, CommandOutcome, Handling};
 pub use store::{EventStore, Snapshot, StoreLimits, connect};

@@ -642,6 +642,64 @@ impl EventStore for PostgresStore {
         .transpose()
     }
 
+    async fn load(
+        &self,
+        stream: &StreamId,
+        limit: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        // One round trip: the snapshot (if any) joined with the events
+        // after it; the snapshot's state rides on the first row only.
+        let rows = sqlx::query(
+            "SELECT e.position, e.event_id, e.stream_id, e.aggregate_type, e.version, e.event_type,
+                    e.schema_version, e.recorded_at, e.org, e.actor, e.command_id,
+                    e.correlation_id, e.causation_id, e.payload,
+                    s.aggregate_type, s.version,
+                    CASE WHEN e.rn IS NULL OR e.rn = 1 THEN s.state END, s.taken_at
+               FROM (SELECT 1) AS one
+               LEFT JOIN snapshots s ON s.stream_id = $1
+               LEFT JOIN LATERAL (
+                    SELECT position, event_id, stream_id, aggregate_type, version, event_type,
+                           schema_version, recorded_at, org, actor, command_id, correlation_id,
+                           causation_id, payload::text AS payload,
+                           row_number() OVER (ORDER BY version) AS rn
+                      FROM events
+                     WHERE stream_id = $1 AND version > COALESCE(s.version, 0)
+                     ORDER BY version LIMIT $2) e ON true
+              ORDER BY e.version",
+        )
+        .bind(stream.as_str())
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let snapshot = match rows.first() {
+            Some(row) => {
+                let kind: Option<String> = row.try_get(14).map_err(StoreError::from_sqlx)?;
+                match kind {
+                    Some(aggregate_type) => Some(Snapshot {
+                        stream_id: stream.clone(),
+                        aggregate_type,
+                        version: StreamVersion(to_u64(
+                            row.try_get(15).map_err(StoreError::from_sqlx)?,
+                        )),
+                        state: row.try_get(16).map_err(StoreError::from_sqlx)?,
+                        taken_at: row.try_get(17).map_err(StoreError::from_sqlx)?,
+                    }),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let position: Option<i64> = row.try_get(0).map_err(StoreError::from_sqlx)?;
+            if position.is_some() {
+                events.push(self.decode(row)?);
+            }
+        }
+        Ok((snapshot, events))
+    }
+
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
         let position: Option<i64> =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
@@ -653,15 +711,24 @@ impl EventStore for PostgresStore {
     }
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        // A checkpoint lost to a crash is only read again from the log
+        // (the relay also checks the stream's last message), so it need not
+        // wait for the disk: appends keep the write-ahead log busy enough.
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         sqlx::query(
             "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now())
              ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
         )
         .bind(name)
         .bind(to_i64(position.0))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 

@@ -134,6 +134,17 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// What a live [`Subscription`] reads: like `read_all`, but a store
+    /// may answer from a shared in-memory tail that trails the database by
+    /// a moment (it then ticks `commits()` when it has more).
+    async fn read_tail(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all(after, limit).await
+    }
+
     /// The position of the last event `read_all` can return now.
     async fn head(&self) -> Result<Position, StoreError>;
 
@@ -144,6 +155,24 @@ pub trait EventStore: Send + Sync + 'static {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// The stream's latest snapshot and up to `limit` events after it:
+    /// what loading an aggregate needs, in one round trip where the backend
+    /// can. An unknown stream is no snapshot and no events.
+    async fn load(
+        &self,
+        stream: &StreamId,
+        limit: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let snapshot = self.load_snapshot(stream).await?;
+        let after = snapshot.as_ref().map_or(StreamVersion(0), |s| s.version);
+        let events = match self.read_stream(stream, after, limit).await {
+            Ok(events) => events,
+            Err(StoreError::StreamNotFound(_)) => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        Ok((snapshot, events))
+    }
 
     /// A named reader's saved position.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError>;
@@ -266,7 +295,7 @@ impl Subscription {
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         loop {
             self.commits.mark_unchanged();
-            let events = self.store.read_all(self.position, self.batch).await?;
+            let events = self.store.read_tail(self.position, self.batch).await?;
             if let Some(last) = events.last() {
                 self.position = last.position;
                 self.idle_rounds = 0;

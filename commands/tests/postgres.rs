@@ -113,3 +113,57 @@ async fn unmigrated_schema_is_not_ready() {
     store.migrate().await.unwrap();
     store.check_ready().await.unwrap();
 }
+
+/// The same store behind the shared in-memory tail: log readers get the
+/// same events, once each, in commit order.
+struct TailedHarness {
+    pg: PgHarness,
+    tailed: Arc<charter_commands::tail::TailedStore>,
+}
+
+async fn tailed_harness() -> TailedHarness {
+    let pg = harness().await;
+    let tailed = charter_commands::tail::TailedStore::start(pg.store(), 50)
+        .await
+        .unwrap();
+    TailedHarness {
+        pg,
+        tailed: Arc::new(tailed),
+    }
+}
+
+#[async_trait]
+impl Harness for TailedHarness {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::clone(&self.tailed) as Arc<dyn EventStore>
+    }
+
+    async fn insert_raw(&self, row: RawRow) {
+        self.pg.insert_raw(row).await;
+    }
+
+    async fn append_held(
+        &self,
+        stream: StreamId,
+        events: Vec<NewEvent>,
+        meta: CommandMeta,
+        hold: Duration,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.pg.append_held(stream, events, meta, hold).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tailed_readers_follow_commit_order() {
+    conformance::readers_follow_commit_order(&tailed_harness().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tailed_subscription_catches_up_then_follows() {
+    conformance::subscription_catches_up_then_follows(&tailed_harness().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tailed_read_all_is_ordered_and_batched() {
+    conformance::read_all_is_ordered_and_batched(&tailed_harness().await).await;
+}

@@ -45,6 +45,16 @@ fn failed(
 /// Folds one aggregate's events into one collection.
 struct Fold<A>(PhantomData<A>);
 
+/// The document key of an event of `A`: its stream's id.
+fn key_of<A: Aggregate>(event: &RecordedEvent) -> Option<String> {
+    event
+        .stream_id
+        .as_str()
+        .strip_prefix(A::KIND)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .map(str::to_owned)
+}
+
 impl<A: Aggregate> Fold<A> {
     async fn apply(
         projection: &str,
@@ -53,13 +63,8 @@ impl<A: Aggregate> Fold<A> {
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
         let domain_event: A::Event = event.to_domain()?;
-        let key = event
-            .stream_id
-            .as_str()
-            .strip_prefix(A::KIND)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .ok_or_else(|| failed(projection, event, "stream of another aggregate"))?
-            .to_owned();
+        let key = key_of::<A>(event)
+            .ok_or_else(|| failed(projection, event, "stream of another aggregate"))?;
         let current = docs.get(collection, &key).await?;
         let (mut state, created_at) = match current {
             Some(mut doc) => (
@@ -124,6 +129,17 @@ impl Projector for DirectoryProjector {
             _ => Ok(()),
         }
     }
+
+    fn reads(&self, event: &RecordedEvent) -> Vec<(&'static str, String)> {
+        let read = match event.aggregate_type.as_str() {
+            Subject::KIND => key_of::<Subject>(event).map(|k| (SUBJECTS, k)),
+            Role::KIND => key_of::<Role>(event).map(|k| (ROLES, k)),
+            RoleBinding::KIND => key_of::<RoleBinding>(event).map(|k| (BINDINGS, k)),
+            Policy::KIND => key_of::<Policy>(event).map(|k| (POLICIES, k)),
+            _ => None,
+        };
+        read.into_iter().collect()
+    }
 }
 
 /// Denied requests, per org, in time order.
@@ -146,5 +162,12 @@ impl Projector for AuditProjector {
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
         Fold::<AuditRecord>::apply(AUDIT, DENIALS, event, docs).await
+    }
+
+    fn reads(&self, event: &RecordedEvent) -> Vec<(&'static str, String)> {
+        key_of::<AuditRecord>(event)
+            .map(|k| (DENIALS, k))
+            .into_iter()
+            .collect()
     }
 }

@@ -37,6 +37,10 @@ impl Projector for OrganizationsProjector {
         event.aggregate_type == Organization::KIND
     }
 
+    fn reads(&self, event: &RecordedEvent) -> Vec<(&'static str, String)> {
+        vec![(COLLECTION, event.org.as_str().to_owned())]
+    }
+
     async fn apply(
         &self,
         event: &RecordedEvent,

@@ -69,6 +69,25 @@ impl DocLoader for PgLoader<'_> {
         .await
         .map_err(db)
     }
+
+    async fn load_many(
+        &mut self,
+        collection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, Value)>, ProjectionError> {
+        sqlx::query_as(
+            "SELECT key, doc FROM read_models
+              WHERE projection = $1 AND generation = $2 AND collection = $3
+                AND key = ANY($4::text[])",
+        )
+        .bind(self.projection)
+        .bind(self.generation)
+        .bind(collection)
+        .bind(keys)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(db)
+    }
 }
 
 fn document(row: &PgRow) -> Result<Document, ProjectionError> {
@@ -211,6 +230,13 @@ impl ReadModels for PostgresReadModels {
         let name = projector.name();
         let generation = generation_arg(generation);
         let mut tx = self.pool.begin().await.map_err(db)?;
+        // Documents and checkpoint commit together, so a batch lost to a
+        // crash before it reached the disk is simply applied again from
+        // the log: no need to wait for the flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         // The projection's row lock orders this batch against the other
         // runner of the same projection and against an activation.
         let active: Option<i32> = sqlx::query_scalar(
@@ -251,6 +277,12 @@ impl ReadModels for PostgresReadModels {
                 generation,
             };
             let mut staged = StagedDocuments::new(&mut loader);
+            let reads: Vec<_> = fresh
+                .iter()
+                .filter(|e| projector.wants(e))
+                .flat_map(|e| projector.reads(e))
+                .collect();
+            staged.prefetch(reads).await?;
             for event in fresh {
                 staged.position = event.position;
                 if projector.wants(event) {

@@ -34,4 +34,11 @@ pub trait Projector: Send + Sync + 'static {
         event: &RecordedEvent,
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError>;
+
+    /// The documents `apply` will read for this event, as `(collection,
+    /// key)`: the backend fetches those of a whole batch in one query
+    /// instead of one per event. Optional; a miss is only slower.
+    fn reads(&self, _event: &RecordedEvent) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }

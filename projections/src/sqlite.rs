@@ -198,6 +198,12 @@ impl ReadModels for SqliteReadModels {
                 generation,
             };
             let mut staged = StagedDocuments::new(&mut loader);
+            let reads: Vec<_> = fresh
+                .iter()
+                .filter(|e| projector.wants(e))
+                .flat_map(|e| projector.reads(e))
+                .collect();
+            staged.prefetch(reads).await?;
             for event in fresh {
                 staged.position = event.position;
                 if projector.wants(event) {

@@ -24,6 +24,21 @@ pub(crate) enum Change {
 pub(crate) trait DocLoader: Send {
     async fn load(&mut self, collection: &str, key: &str)
     -> Result<Option<Value>, ProjectionError>;
+
+    /// Several documents of one collection at once: those found, by key.
+    async fn load_many(
+        &mut self,
+        collection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, Value)>, ProjectionError> {
+        let mut found = Vec::new();
+        for key in keys {
+            if let Some(doc) = self.load(collection, key).await? {
+                found.push((key.clone(), doc));
+            }
+        }
+        Ok(found)
+    }
 }
 
 pub(crate) struct StagedDocuments<'l> {
@@ -32,6 +47,8 @@ pub(crate) struct StagedDocuments<'l> {
     pub(crate) changes: BTreeMap<(String, String), Change>,
     /// The position of the event being applied; stamped on each write.
     pub(crate) position: Position,
+    /// Documents read ahead for the batch (`None`: known not to exist).
+    prefetched: std::collections::HashMap<(String, String), Option<Value>>,
 }
 
 impl<'l> StagedDocuments<'l> {
@@ -40,7 +57,34 @@ impl<'l> StagedDocuments<'l> {
             loader,
             changes: BTreeMap::new(),
             position: Position::START,
+            prefetched: std::collections::HashMap::new(),
         }
+    }
+
+    /// Reads ahead every document the projector said the batch will read.
+    pub(crate) async fn prefetch(
+        &mut self,
+        wanted: Vec<(&'static str, String)>,
+    ) -> Result<(), ProjectionError> {
+        let mut by_collection: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for (collection, key) in wanted {
+            by_collection.entry(collection).or_default().push(key);
+        }
+        for (collection, mut keys) in by_collection {
+            keys.sort();
+            keys.dedup();
+            for chunk in keys.chunks(1000) {
+                for key in chunk {
+                    self.prefetched
+                        .insert((collection.to_owned(), key.clone()), None);
+                }
+                for (key, doc) in self.loader.load_many(collection, chunk).await? {
+                    self.prefetched
+                        .insert((collection.to_owned(), key), Some(doc));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -50,7 +94,13 @@ impl Documents for StagedDocuments<'_> {
         match self.changes.get(&(collection.to_owned(), key.to_owned())) {
             Some(Change::Put { doc, .. }) => Ok(Some(doc.clone())),
             Some(Change::Delete) => Ok(None),
-            None => self.loader.load(collection, key).await,
+            None => match self
+                .prefetched
+                .get(&(collection.to_owned(), key.to_owned()))
+            {
+                Some(doc) => Ok(doc.clone()),
+                None => self.loader.load(collection, key).await,
+            },
         }
     }
 

@@ -50,6 +50,16 @@ impl Application {
                 .await
                 .with_context(|| format!("migrating {}", config.database_url_redacted()))?;
         }
+        // One reader of the log for the whole process: the relay, the
+        // projections and the access index follow it from memory.
+        let store: Arc<dyn EventStore> =
+            match charter_commands::tail::TailedStore::start(Arc::clone(&store), 20_000).await {
+                Ok(tailed) => Arc::new(tailed),
+                Err(error) => {
+                    tracing::warn!(%error, "the log tail could not start; readers query the store");
+                    store
+                }
+            };
         let read_models = charter_projections::connect(
             &config.database_url,
             config.database_schema.as_deref(),

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod bench_commands;
 pub mod bench_policy;
 pub mod client;
 pub mod config;

@@ -179,6 +179,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// Commands over HTTP against a running server (CHARTER_SERVER, with a
+    /// root CHARTER_TOKEN): throughput, latency and projection lag.
+    Commands {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20_000)]
+        commands: usize,
+        /// 0: every command creates a subject; K: commands rename K shared
+        /// subjects (contention).
+        #[arg(long, default_value_t = 0)]
+        aggregates: usize,
+        /// Measure the lag of every Nth command (0: none).
+        #[arg(long, default_value_t = 20)]
+        lag_every: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The whole access decision path, in process (needs no store).
     Policy {
         #[arg(long, default_value_t = 1000)]
@@ -225,7 +242,10 @@ fn main() -> ExitCode {
     }
     if matches!(
         cli.command,
-        Command::Apply(_) | Command::Diff(_) | Command::Get(_)
+        Command::Apply(_)
+            | Command::Diff(_)
+            | Command::Get(_)
+            | Command::Bench(BenchCommand::Commands { .. })
     ) {
         return client(cli.command);
     }
@@ -324,7 +344,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{figures}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Policy { .. }) => Ok(()),
+        Command::Bench(BenchCommand::Policy { .. } | BenchCommand::Commands { .. }) => Ok(()),
         Command::Apply(_) | Command::Diff(_) | Command::Get(_) | Command::Schema(_) => Ok(()),
         Command::Token(TokenCommand::Issue { subject, ttl }) => {
             let principal: charter::auth::Principal =
@@ -407,6 +427,27 @@ fn client(command: Command) -> ExitCode {
             Command::Apply(args) => apply(args, token, false).await,
             Command::Diff(args) => apply(args, token, true).await,
             Command::Get(args) => get(args, token).await,
+            Command::Bench(BenchCommand::Commands {
+                concurrency,
+                commands,
+                aggregates,
+                lag_every,
+                client,
+            }) => {
+                let plan = charter::bench_commands::Plan {
+                    server: client
+                        .server
+                        .unwrap_or_else(|| charter::client::DEFAULT_SERVER.to_owned()),
+                    root_token: token.context("set CHARTER_TOKEN to a root token")?,
+                    concurrency,
+                    commands,
+                    aggregates,
+                    lag_every,
+                };
+                let figures = charter::bench_commands::run(plan).await?;
+                println!("{figures}");
+                Ok(())
+            }
             _ => Ok(()),
         }
     });

@@ -523,16 +523,17 @@ impl Gateway {
             if !options.dry_run {
                 for (_, ready) in &plan.readies {
                     let meta = self.meta(caller, &plan.org, None);
-                    let ran = self
-                        .run(ready, &meta, Some(version))
-                        .await
-                        .map_err(|mut e| {
-                            e.message = format!(
-                                "document {} ({} `{}`): {}",
-                                plan.document, plan.kind, plan.name, e.message
-                            );
-                            e
-                        })?;
+                    let handling = charter_commands::Handling {
+                        expected: Some(version),
+                        fresh_command_id: true,
+                    };
+                    let ran = self.run(ready, &meta, handling).await.map_err(|mut e| {
+                        e.message = format!(
+                            "document {} ({} `{}`): {}",
+                            plan.document, plan.kind, plan.name, e.message
+                        );
+                        e
+                    })?;
                     version = ran.version;
                     if ran.position.is_some() {
                         last_position = ran.position;

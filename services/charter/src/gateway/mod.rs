@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use charter_commands::{
-    CommandError, CommandHandler, CommandMeta, EventStore, Position, StoreError, StreamVersion,
+    CommandError, CommandHandler, CommandMeta, EventStore, Handling, Position, StoreError,
+    StreamVersion,
 };
 use charter_domain::access::AccessRequest;
 use charter_domain::audit::{AuditCommand, AuditId, AuditRecord, Denial};
@@ -416,9 +417,13 @@ impl Gateway {
         };
         let meta = self.meta(caller, org, None);
         let id = AuditId::new(org.clone());
+        let handling = Handling {
+            expected: None,
+            fresh_command_id: true,
+        };
         if let Err(error) = self
             .handler
-            .handle::<AuditRecord>(&id, &AuditCommand::RecordDenial(denial), &meta)
+            .handle_at::<AuditRecord>(&id, &AuditCommand::RecordDenial(denial), &meta, handling)
             .await
         {
             tracing::error!(%error, org = %org, "could not record a denial in the audit log");
@@ -691,16 +696,16 @@ impl Gateway {
         &self,
         ready: &Ready,
         meta: &CommandMeta,
-        expected: Option<StreamVersion>,
+        handling: Handling,
     ) -> Result<Ran, ApiError> {
         async fn go<A: Aggregate>(
             handler: &CommandHandler,
             id: &A::Id,
             command: &A::Command,
             meta: &CommandMeta,
-            expected: Option<StreamVersion>,
+            handling: Handling,
         ) -> Result<Ran, ApiError> {
-            let outcome = handler.handle_at::<A>(id, command, meta, expected).await?;
+            let outcome = handler.handle_at::<A>(id, command, meta, handling).await?;
             Ok(Ran {
                 events: outcome
                     .events
@@ -714,11 +719,11 @@ impl Gateway {
         }
         let h = &self.handler;
         match ready {
-            Ready::Org(id, c) => go::<Organization>(h, id, c, meta, expected).await,
-            Ready::Subject(id, c) => go::<Subject>(h, id, c, meta, expected).await,
-            Ready::Role(id, c) => go::<Role>(h, id, c, meta, expected).await,
-            Ready::Binding(id, c) => go::<RoleBinding>(h, id, c, meta, expected).await,
-            Ready::Policy(id, c) => go::<Policy>(h, id, c, meta, expected).await,
+            Ready::Org(id, c) => go::<Organization>(h, id, c, meta, handling).await,
+            Ready::Subject(id, c) => go::<Subject>(h, id, c, meta, handling).await,
+            Ready::Role(id, c) => go::<Role>(h, id, c, meta, handling).await,
+            Ready::Binding(id, c) => go::<RoleBinding>(h, id, c, meta, handling).await,
+            Ready::Policy(id, c) => go::<Policy>(h, id, c, meta, handling).await,
         }
     }
 
@@ -743,11 +748,16 @@ impl Gateway {
             Self::prepare(authorizer, facts, &pending, &intent, request.force)
         })?;
         let meta = self.meta(caller, intent.org(), request.command_id);
-        let ran = self
-            .run(&ready, &meta, request.expected_version.map(StreamVersion))
-            .await?;
-        // Changes to who may do what are visible to the next request.
-        if let (Some(position), false) = (ran.position, matches!(ready, Ready::Org(..))) {
+        let handling = Handling {
+            expected: request.expected_version.map(StreamVersion),
+            fresh_command_id: request.command_id.is_none(),
+        };
+        let ran = self.run(&ready, &meta, handling).await?;
+        // Changes to who may do what (or who may sign in) are decided on
+        // by the next request.
+        if let Some(position) = ran.position
+            && changes_access(&ready)
+        {
             self.access.wait_for(position, self.read_wait).await;
         }
         Ok(CommandReport {
@@ -785,6 +795,20 @@ impl Gateway {
                 ),
                 other => ApiError::from_error(&other),
             })
+    }
+}
+
+/// Whether a command changes what the access index decides: grants,
+/// policies, credentials, or a subject's standing. A new subject has no
+/// grant until bound, and a display name decides nothing.
+fn changes_access(ready: &Ready) -> bool {
+    match ready {
+        Ready::Org(..) => false,
+        Ready::Subject(_, command) => !matches!(
+            command,
+            SubjectCommand::Create { .. } | SubjectCommand::SetDisplayName { .. }
+        ),
+        Ready::Role(..) | Ready::Binding(..) | Ready::Policy(..) => true,
     }
 }
 
