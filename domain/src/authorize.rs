@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::OrgName;
 use crate::access::{AccessRequest, DenyReason, Grant, GrantIndex};
+use crate::compiled::{Compiled, Facts};
 use crate::ids::{JobSpaceName, PolicyName, SubjectName};
 use crate::policy::{ACTIONS, PolicyEvent, PolicyId};
 use crate::role::{BindingEvent, BindingId, RoleEvent, RoleId};
@@ -78,6 +79,10 @@ fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
 struct ActionPolicies {
     permits: PolicySet,
     forbids: PolicySet,
+    /// The same sets compiled into plain checks, when every policy in the
+    /// set is within the compiled subset (`None`: ask the engine).
+    permits_fast: Option<Vec<Compiled>>,
+    forbids_fast: Option<Vec<Compiled>>,
 }
 
 /// One org's policies, compiled per action.
@@ -111,14 +116,29 @@ impl OrgPolicies {
                         .filter(|a| list.iter().any(|u| u.id().unescaped() == *a))
                         .collect(),
                 };
+                let fast = renamed
+                    .to_json()
+                    .ok()
+                    .and_then(|json| crate::compiled::compile(format!("{name}#{index}"), &json));
                 for action in actions {
-                    let bucket = self.by_action.entry(action).or_default();
-                    let set = match renamed.effect() {
-                        Effect::Permit => &mut bucket.permits,
-                        Effect::Forbid => &mut bucket.forbids,
+                    let bucket = self
+                        .by_action
+                        .entry(action)
+                        .or_insert_with(|| ActionPolicies {
+                            permits_fast: Some(Vec::new()),
+                            forbids_fast: Some(Vec::new()),
+                            ..ActionPolicies::default()
+                        });
+                    let (set, fast_set) = match renamed.effect() {
+                        Effect::Permit => (&mut bucket.permits, &mut bucket.permits_fast),
+                        Effect::Forbid => (&mut bucket.forbids, &mut bucket.forbids_fast),
                     };
                     // Ids are unique by construction, so adding cannot clash.
                     let _ = set.add(renamed.clone());
+                    match (&fast, fast_set.as_mut()) {
+                        (Some(compiled), Some(list)) => list.push(compiled.clone()),
+                        _ => *fast_set = None,
+                    }
                 }
             }
         }
@@ -260,6 +280,29 @@ impl Authorizer {
         resource_name: &str,
         policies: &ActionPolicies,
     ) -> AccessDecision {
+        self.decide_in(request, resource_name, policies, true)
+    }
+
+    /// The decision with only the engine, for tests that hold the compiled
+    /// checks against it.
+    #[cfg(test)]
+    fn decide_by_engine(&self, request: &AccessRequest<'_>, resource_name: &str) -> AccessDecision {
+        let empty = ActionPolicies::default();
+        let policies = self
+            .policies
+            .get(request.org)
+            .and_then(|org| org.by_action.get(request.action.as_str()))
+            .unwrap_or(&empty);
+        self.decide_in(request, resource_name, policies, false)
+    }
+
+    fn decide_in(
+        &self,
+        request: &AccessRequest<'_>,
+        resource_name: &str,
+        policies: &ActionPolicies,
+        compiled: bool,
+    ) -> AccessDecision {
         let denied = |reason: DenyReason| AccessDecision {
             allowed: false,
             grants: vec![],
@@ -293,6 +336,48 @@ impl Authorizer {
         }
         if !grants.is_empty() && policies.forbids.is_empty() {
             return decision(grants, vec![], vec![]);
+        }
+        // Sets compiled into plain checks are decided here, without the
+        // engine and its per-request entity store.
+        let permits_fast = if grants.is_empty() {
+            policies.permits_fast.as_ref()
+        } else {
+            Some(&EMPTY_FAST)
+        };
+        let forbids_fast = if policies.forbids.is_empty() {
+            Some(&EMPTY_FAST)
+        } else {
+            policies.forbids_fast.as_ref()
+        };
+        if let (true, Some(permits), Some(forbids)) = (compiled, permits_fast, forbids_fast) {
+            let roles = self
+                .grants
+                .roles_in_scope(request.org, request.subject, request.job_space);
+            let role_names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            let facts = Facts {
+                org: request.org.as_str(),
+                subject: request.subject.as_str(),
+                subject_kind: kind_name(kind),
+                roles: &role_names,
+                resource_kind: request.kind.as_str(),
+                resource_name,
+                job_space: request.job_space.map(|s| s.as_str()),
+            };
+            let matching = |list: &Vec<Compiled>| -> Vec<String> {
+                let mut ids: Vec<String> = list
+                    .iter()
+                    .filter(|p| p.matches(&facts))
+                    .map(|p| p.id.clone())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            let permitted_by = matching(permits);
+            if grants.is_empty() && permitted_by.is_empty() {
+                return decision(grants, permitted_by, vec![]);
+            }
+            let forbidden_by = matching(forbids);
+            return decision(grants, permitted_by, forbidden_by);
         }
         let evaluation = (|| {
             let (entities, principal, action, resource) =
@@ -381,11 +466,7 @@ impl Authorizer {
             ));
             principal_parents.insert(role_uid);
         }
-        let kind_name = match kind {
-            SubjectKind::User => "user",
-            SubjectKind::ServiceAccount => "service_account",
-            SubjectKind::Agent => "agent",
-        };
+        let kind_name = kind_name(kind);
         let principal = uid(&t.subject, &format!("{org}:{}", request.subject));
         entities.push(
             Entity::new(
@@ -422,6 +503,17 @@ impl Authorizer {
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let action = uid(&t.action, request.action.as_str());
         Ok((entities, principal, action, resource))
+    }
+}
+
+/// No policies, compiled.
+static EMPTY_FAST: Vec<Compiled> = Vec::new();
+
+fn kind_name(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::User => "user",
+        SubjectKind::ServiceAccount => "service_account",
+        SubjectKind::Agent => "agent",
     }
 }
 
@@ -637,5 +729,91 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.grants.len(), 1);
         assert_eq!(d.forbidden_by, vec!["only-admins-approve#0".to_owned()]);
+    }
+
+    mod compiled_equals_engine {
+        use super::*;
+        use crate::policy::PolicyEvent;
+        use proptest::prelude::*;
+
+        const ACTIONS: [&str; 4] = ["get", "update", "delete", "run"];
+        const KINDS: [&str; 4] = ["Role", "Job", "Policy", "Subject"];
+
+        fn policy_text(template: usize, a: usize, k: usize, r: usize, sp: usize) -> String {
+            let (action, kind) = (ACTIONS[a], KINDS[k]);
+            match template {
+                0 => format!(
+                    "forbid(principal, action == Charter::Action::\"{action}\", resource) when {{ principal.kind == \"agent\" && resource.kind == \"{kind}\" }};"
+                ),
+                1 => format!(
+                    "permit(principal, action == Charter::Action::\"{action}\", resource) when {{ resource.kind == \"{kind}\" || resource.name == \"r{r}\" }};"
+                ),
+                2 => format!(
+                    "forbid(principal, action == Charter::Action::\"{action}\", resource in Charter::JobSpace::\"acme:space{sp}\") unless {{ principal in Charter::Role::\"acme:role{r}\" }};"
+                ),
+                3 => format!(
+                    "permit(principal in Charter::Role::\"acme:role{r}\", action in [Charter::Action::\"{action}\", Charter::Action::\"get\"], resource in Charter::Org::\"acme\");"
+                ),
+                4 => format!(
+                    "forbid(principal == Charter::Subject::\"acme:s{r}\", action, resource == Charter::Resource::\"acme:{kind}:r{sp}\");"
+                ),
+                5 => format!(
+                    "permit(principal, action, resource) when {{ !(principal.kind == \"user\") && principal in [Charter::Role::\"acme:role{r}\", Charter::Role::\"other:role{r}\"] }};"
+                ),
+                // Outside the compiled subset: the whole set falls back.
+                _ => format!(
+                    "forbid(principal, action == Charter::Action::\"{action}\", resource) when {{ resource.name like \"r{r}*\" }};"
+                ),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn same_decisions(
+                policies in proptest::collection::vec((0usize..7, 0usize..4, 0usize..4, 0usize..3, 0usize..2), 0..8),
+                bindings in proptest::collection::vec((0usize..3, 0usize..3, proptest::option::of(0usize..2)), 0..6),
+                requests in proptest::collection::vec((0usize..3, 0usize..4, 0usize..4, 0usize..3, proptest::option::of(0usize..2)), 1..20),
+            ) {
+                let mut authorizer = Authorizer::new();
+                for s in 0..3 {
+                    subject(&mut authorizer, "acme", &format!("s{s}"), if s == 0 { SubjectKind::Agent } else { SubjectKind::User });
+                }
+                for (r, role_action) in ACTIONS.iter().take(3).enumerate() {
+                    let id = Scoped::new(org("acme"), RoleName::parse(format!("role{r}")).unwrap());
+                    let rules = vec![Rule {
+                        actions: [role_action.parse().unwrap()].into(),
+                        resources: ["*".parse().unwrap()].into(),
+                    }];
+                    authorizer.apply_role(&id, &RoleEvent::Defined { org: id.org.clone(), name: id.name.clone(), spec: RoleSpec { rules, ..RoleSpec::default() } });
+                }
+                for (i, (s, r, space)) in bindings.iter().enumerate() {
+                    let id = Scoped::new(org("acme"), BindingName::parse(format!("b{i}")).unwrap());
+                    let scope = match space {
+                        Some(sp) => BindingScope::JobSpace(JobSpaceName::parse(format!("space{sp}")).unwrap()),
+                        None => BindingScope::Org,
+                    };
+                    authorizer.apply_binding(&id, &BindingEvent::Bound { org: id.org.clone(), name: id.name.clone(), spec: BindingSpec {
+                        subject: SubjectName::parse(format!("s{s}")).unwrap(),
+                        role: RoleName::parse(format!("role{r}")).unwrap(),
+                        scope,
+                    }});
+                }
+                for (i, (t, a, k, r, sp)) in policies.iter().enumerate() {
+                    let id = Scoped::new(org("acme"), PolicyName::parse(format!("p{i}")).unwrap());
+                    authorizer.apply_policy(&id, &PolicyEvent::Published { org: id.org.clone(), name: id.name.clone(), version: 1, text: policy_text(*t, *a, *k, *r, *sp) }).unwrap();
+                }
+                for (s, a, k, name, space) in requests {
+                    let subject = SubjectName::parse(format!("s{s}")).unwrap();
+                    let action = Action::parse(ACTIONS[a]).unwrap();
+                    let kind = ResourceKind::ALL.into_iter().find(|x| x.as_str() == KINDS[k]).unwrap();
+                    let space = space.map(|sp| JobSpaceName::parse(format!("space{sp}")).unwrap());
+                    let acme = org("acme");
+                    let request = AccessRequest { org: &acme, subject: &subject, action: &action, kind, job_space: space.as_ref() };
+                    let resource = format!("r{name}");
+                    prop_assert_eq!(authorizer.decide(&request, &resource), authorizer.decide_by_engine(&request, &resource));
+                }
+            }
+        }
     }
 }

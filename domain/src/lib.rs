@@ -12,6 +12,7 @@ pub mod access;
 pub mod aggregate;
 pub mod audit;
 pub mod authorize;
+mod compiled;
 pub mod error;
 pub mod ids;
 pub mod manifest;

@@ -561,9 +561,19 @@ impl Gateway {
                 },
             });
         }
-        // The caller's next request is decided with what it just applied.
+        // The caller's next request is decided with, and reads, what it
+        // just applied (each wait bounded; a slow read model only delays).
         if let Some(position) = last_position {
             self.access.wait_for(position, self.read_wait).await;
+            for projection in [
+                charter_projections::organizations::PROJECTION,
+                charter_projections::directory::DIRECTORY,
+            ] {
+                let _ = self
+                    .read_models
+                    .wait_for(projection, position, self.read_wait)
+                    .await;
+            }
         }
         items.sort_by_key(|item| {
             plans
