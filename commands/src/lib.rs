@@ -2,7 +2,9 @@
 //! [`EventStore`] trait; PostgreSQL for production, SQLite for the embedded
 //! default), command handling (load, decide, append, retry on conflict),
 //! idempotency, snapshots, upcasting on read, and the outbox relay that
-//! publishes every committed event to JetStream or the in-process bus.
+//! publishes every committed event to JetStream or the in-process bus, and
+//! the shared in-memory tail of the log that every reader in a process
+//! follows.
 //!
 //! It must not hold business rules (those live in `charter-domain`) nor read
 //! models (those live in `charter-projections`).

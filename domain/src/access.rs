@@ -257,6 +257,18 @@ impl GrantIndex {
             .collect()
     }
 
+    /// The names of the roles bound to the subject that apply here,
+    /// borrowed (the decision path's allocation-free form).
+    pub fn role_names_in_scope<'a>(
+        &'a self,
+        org: &OrgName,
+        subject: &SubjectName,
+        job_space: Option<&'a JobSpaceName>,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.bindings_in_scope(org, subject, job_space)
+            .map(|(_, binding, _)| binding.role.as_str())
+    }
+
     /// Whether the subject may call a tool here, and through which grants.
     pub fn tool_grants(
         &self,

@@ -350,10 +350,10 @@ impl Authorizer {
             policies.forbids_fast.as_ref()
         };
         if let (true, Some(permits), Some(forbids)) = (compiled, permits_fast, forbids_fast) {
-            let roles = self
+            let role_names: Vec<&str> = self
                 .grants
-                .roles_in_scope(request.org, request.subject, request.job_space);
-            let role_names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                .role_names_in_scope(request.org, request.subject, request.job_space)
+                .collect();
             let facts = Facts {
                 org: request.org.as_str(),
                 subject: request.subject.as_str(),

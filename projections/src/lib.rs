@@ -1,7 +1,9 @@
 //! `charter-projections` owns Charter's read side: the [`Projector`] trait,
 //! the document read models projectors write ([`ReadModels`], on PostgreSQL
 //! as JSONB and on SQLite as JSON text), the checkpointed
-//! [`ProjectionRunner`] that follows the log, and rebuilds.
+//! [`ProjectionRunner`] that follows the log, rebuilds, the projections
+//! themselves (organizations, the directory of subjects, roles, bindings and
+//! policies, the audit log) and the in-memory access index.
 //!
 //! Every batch a projector handles commits together with its checkpoint, in
 //! one transaction: a crash never applies an event twice nor loses one. A

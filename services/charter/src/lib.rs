@@ -1,6 +1,9 @@
-//! The `charter` process: configuration, the HTTP surface (`/healthz`,
-//! `/readyz`, `/metrics`), the outbox relay, the command-line tools
-//! (`serve`, `migrate`, `events`, `bench`) and telemetry.
+//! The `charter` process: configuration, authentication, the gateway that
+//! authorizes every command and query, the HTTP surface (REST under `/v1`
+//! with its OpenAPI document, GraphQL, `/healthz`, `/readyz`, `/metrics`),
+//! the outbox relay and projection runners it starts, the command-line
+//! tools (`serve`, `migrate`, `events`, `token`, `apply`, `diff`, `get`,
+//! `projections`, `schema`, `bench`) and telemetry.
 //!
 //! It wires the crates below it together and must hold no business rule:
 //! decisions live in `charter-domain`, storage in `charter-commands`.

@@ -1,4 +1,5 @@
-//! The `charter` command line: `serve`, `migrate`, `events`, `bench`.
+//! The `charter` command line: the server, its maintenance tools, and a
+//! client of a running server (`apply`, `diff`, `get`, `bench commands`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
