@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+    Context, EmptySubscription, ErrorExtensions, Json, Object, Schema, SimpleObject,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -96,45 +96,6 @@ page_type!(RoleBindingPage, BindingView);
 page_type!(PolicyPage, PolicyView);
 page_type!(AuditPage, AuditEntryView);
 
-#[derive(InputObject, Default)]
-pub struct OrganizationFilter {
-    /// `key=value` (or just `key`).
-    pub tag: Option<String>,
-    pub parent: Option<String>,
-    /// Name prefix.
-    pub name: Option<String>,
-    pub lifecycle: Option<String>,
-}
-
-#[derive(InputObject, Default)]
-pub struct DirectoryFilterInput {
-    /// Name prefix.
-    pub name: Option<String>,
-    /// Subjects: `user`, `service_account` or `agent`.
-    pub kind: Option<String>,
-    /// Subjects: disabled or not.
-    pub disabled: Option<bool>,
-    /// Bindings: of this subject.
-    pub subject: Option<String>,
-    /// Bindings: to this role.
-    pub role: Option<String>,
-    /// Bindings: in this job space.
-    pub job_space: Option<String>,
-}
-
-impl From<DirectoryFilterInput> for DirectoryFilter {
-    fn from(f: DirectoryFilterInput) -> Self {
-        Self {
-            name: f.name,
-            kind: f.kind,
-            disabled: f.disabled,
-            subject: f.subject,
-            role: f.role,
-            job_space: f.job_space,
-        }
-    }
-}
-
 /// An organization, with what lives in it.
 pub struct Organization(OrgView);
 
@@ -176,7 +137,7 @@ impl Organization {
     async fn subjects(
         &self,
         ctx: &Context<'_>,
-        filter: Option<DirectoryFilterInput>,
+        filter: Option<DirectoryFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<SubjectPage> {
@@ -186,7 +147,7 @@ impl Organization {
                 &caller,
                 &self.0.name,
                 ResourceKind::Subject,
-                &filter.unwrap_or_default().into(),
+                &filter.unwrap_or_default(),
                 &page(first, after, None),
                 reads::subject_item,
                 reads::keep_subject,
@@ -204,7 +165,7 @@ impl Organization {
     async fn roles(
         &self,
         ctx: &Context<'_>,
-        filter: Option<DirectoryFilterInput>,
+        filter: Option<DirectoryFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<RolePage> {
@@ -214,7 +175,7 @@ impl Organization {
                 &caller,
                 &self.0.name,
                 ResourceKind::Role,
-                &filter.unwrap_or_default().into(),
+                &filter.unwrap_or_default(),
                 &page(first, after, None),
                 reads::role_item,
                 reads::keep_any,
@@ -232,7 +193,7 @@ impl Organization {
     async fn role_bindings(
         &self,
         ctx: &Context<'_>,
-        filter: Option<DirectoryFilterInput>,
+        filter: Option<DirectoryFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<RoleBindingPage> {
@@ -242,7 +203,7 @@ impl Organization {
                 &caller,
                 &self.0.name,
                 ResourceKind::RoleBinding,
-                &filter.unwrap_or_default().into(),
+                &filter.unwrap_or_default(),
                 &page(first, after, None),
                 reads::binding_item,
                 reads::keep_binding,
@@ -260,7 +221,7 @@ impl Organization {
     async fn policies(
         &self,
         ctx: &Context<'_>,
-        filter: Option<DirectoryFilterInput>,
+        filter: Option<DirectoryFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<PolicyPage> {
@@ -270,7 +231,7 @@ impl Organization {
                 &caller,
                 &self.0.name,
                 ResourceKind::Policy,
-                &filter.unwrap_or_default().into(),
+                &filter.unwrap_or_default(),
                 &page(first, after, None),
                 reads::policy_item,
                 reads::keep_any,
@@ -310,19 +271,13 @@ impl Query {
     async fn organizations(
         &self,
         ctx: &Context<'_>,
-        filter: Option<OrganizationFilter>,
+        filter: Option<OrgFilter>,
         first: Option<i32>,
         after: Option<String>,
         min_position: Option<u64>,
     ) -> async_graphql::Result<OrganizationPage> {
         let caller = caller(ctx, "organizations")?;
-        let f = filter.unwrap_or_default();
-        let filter = OrgFilter {
-            tag: f.tag,
-            parent: f.parent,
-            name: f.name,
-            lifecycle: f.lifecycle,
-        };
+        let filter = filter.unwrap_or_default();
         let p = gateway(ctx)?
             .list_orgs(&caller, &filter, &page(first, after, min_position))
             .await

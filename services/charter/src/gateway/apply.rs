@@ -137,7 +137,36 @@ fn dry<A: Aggregate>(
     Ok(events.len())
 }
 
+/// Decides the ready commands of one aggregate dry, in order; the first
+/// rejection, if any.
+fn dry_all<'r, A: Aggregate>(
+    state: &mut A,
+    readies: &'r [(String, Ready)],
+    pick: impl Fn(&'r Ready) -> Option<(&'r A::Id, &'r A::Command)>,
+) -> Option<A::Rejection> {
+    readies
+        .iter()
+        .filter_map(|(_, ready)| pick(ready))
+        .find_map(|(id, command)| dry(state, id, command).err())
+}
+
 impl Gateway {
+    /// Loads an aggregate and decides the ready commands dry against it.
+    async fn dry_loaded<'r, A: Aggregate>(
+        &self,
+        id: &A::Id,
+        readies: &'r [(String, Ready)],
+        pick: impl Fn(&'r Ready) -> Option<(&'r A::Id, &'r A::Command)>,
+    ) -> Result<Option<A::Rejection>, ApiError> {
+        let mut state = self
+            .handler
+            .load::<A>(id)
+            .await
+            .map_err(|e| ApiError::from_error(&e))?
+            .state;
+        Ok(dry_all(&mut state, readies, pick))
+    }
+
     /// Applies manifests (already split into documents).
     pub async fn apply(
         &self,
@@ -371,94 +400,56 @@ impl Gateway {
             }
 
             // Decide dry, in order, against the loaded state.
-            let mut failed = false;
-            match manifest {
+            let rejection = match manifest {
                 Manifest::Organization { .. } | Manifest::JobSpace { .. } => {
-                    if let Some((state, _, _)) = orgs.get_mut(&org) {
-                        for (_, ready) in &readies {
-                            if let Ready::Org(id, command) = ready
-                                && let Err(e) = dry(state, id, command)
-                            {
-                                problems.push(rejected(document, kind, &name, &e));
-                                failed = true;
-                                break;
-                            }
-                        }
+                    match orgs.get_mut(&org) {
+                        Some((state, _, _)) => dry_all(state, &readies, |r| match r {
+                            Ready::Org(id, c) => Some((id, c)),
+                            _ => None,
+                        })
+                        .map(|e| rejected(document, kind, &name, &e)),
+                        None => None,
                     }
                 }
                 Manifest::Subject { metadata, .. } => {
                     let id = Scoped::new(org.clone(), metadata.name.clone());
-                    let mut state = self
-                        .handler
-                        .load::<Subject>(&id)
-                        .await
-                        .map_err(|e| ApiError::from_error(&e))?
-                        .state;
-                    for (_, ready) in &readies {
-                        if let Ready::Subject(id, command) = ready
-                            && let Err(e) = dry::<Subject>(&mut state, id, command)
-                        {
-                            problems.push(rejected(document, kind, &name, &e));
-                            failed = true;
-                            break;
-                        }
-                    }
+                    self.dry_loaded::<Subject>(&id, &readies, |r| match r {
+                        Ready::Subject(id, c) => Some((id, c)),
+                        _ => None,
+                    })
+                    .await?
+                    .map(|e| rejected(document, kind, &name, &e))
                 }
                 Manifest::Role { metadata, .. } => {
                     let id = Scoped::new(org.clone(), metadata.name.clone());
-                    let mut state = self
-                        .handler
-                        .load::<Role>(&id)
-                        .await
-                        .map_err(|e| ApiError::from_error(&e))?
-                        .state;
-                    for (_, ready) in &readies {
-                        if let Ready::Role(id, command) = ready
-                            && let Err(e) = dry::<Role>(&mut state, id, command)
-                        {
-                            problems.push(rejected(document, kind, &name, &e));
-                            failed = true;
-                            break;
-                        }
-                    }
+                    self.dry_loaded::<Role>(&id, &readies, |r| match r {
+                        Ready::Role(id, c) => Some((id, c)),
+                        _ => None,
+                    })
+                    .await?
+                    .map(|e| rejected(document, kind, &name, &e))
                 }
                 Manifest::RoleBinding { metadata, .. } => {
                     let id = Scoped::new(org.clone(), metadata.name.clone());
-                    let mut state = self
-                        .handler
-                        .load::<RoleBinding>(&id)
-                        .await
-                        .map_err(|e| ApiError::from_error(&e))?
-                        .state;
-                    for (_, ready) in &readies {
-                        if let Ready::Binding(id, command) = ready
-                            && let Err(e) = dry::<RoleBinding>(&mut state, id, command)
-                        {
-                            problems.push(rejected(document, kind, &name, &e));
-                            failed = true;
-                            break;
-                        }
-                    }
+                    self.dry_loaded::<RoleBinding>(&id, &readies, |r| match r {
+                        Ready::Binding(id, c) => Some((id, c)),
+                        _ => None,
+                    })
+                    .await?
+                    .map(|e| rejected(document, kind, &name, &e))
                 }
                 Manifest::Policy { metadata, .. } => {
                     let id = Scoped::new(org.clone(), metadata.name.clone());
-                    let mut state = self
-                        .handler
-                        .load::<Policy>(&id)
-                        .await
-                        .map_err(|e| ApiError::from_error(&e))?
-                        .state;
-                    for (_, ready) in &readies {
-                        if let Ready::Policy(id, command) = ready
-                            && let Err(e) = dry::<Policy>(&mut state, id, command)
-                        {
-                            problems.push(rejected(document, kind, &name, &e));
-                            failed = true;
-                            break;
-                        }
-                    }
+                    self.dry_loaded::<Policy>(&id, &readies, |r| match r {
+                        Ready::Policy(id, c) => Some((id, c)),
+                        _ => None,
+                    })
+                    .await?
+                    .map(|e| rejected(document, kind, &name, &e))
                 }
-            }
+            };
+            let failed = rejection.is_some();
+            problems.extend(rejection);
             if failed {
                 continue;
             }

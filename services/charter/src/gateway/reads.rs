@@ -74,9 +74,10 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, async_graphql::InputObject)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
+#[graphql(name = "OrganizationFilter")]
 pub struct OrgFilter {
     /// `key=value` (or just `key`): orgs carrying that tag.
     pub tag: Option<String>,
@@ -115,7 +116,7 @@ impl OrgFilter {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, async_graphql::InputObject)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct DirectoryFilter {
