@@ -74,7 +74,7 @@ impl Default for Config {
         Self {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             database_schema: None,
-            database_max_connections: 16,
+            database_max_connections: 32,
             nats_url: None,
             nats_stream: charter_commands::jetstream::DEFAULT_STREAM.to_owned(),
             nats_subject_prefix: charter_commands::jetstream::DEFAULT_SUBJECT_PREFIX.to_owned(),
