@@ -23,6 +23,9 @@ pub fn checkpoint_name(destination: &str) -> String {
     format!("relay:{destination}")
 }
 
+/// Longest a busy relay goes without saving its checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 pub struct OutboxRelay {
     store: Arc<dyn EventStore>,
     publisher: Arc<dyn EventPublisher>,
@@ -75,6 +78,24 @@ impl OutboxRelay {
             () = self.run_forever() => {}
             () = &mut shutdown => tracing::info!("relay stopped"),
         }
+        // Checkpoints are saved at most every few hundred milliseconds
+        // while running; keep the last word.
+        let published = *self.published.borrow();
+        let saved = self
+            .store
+            .load_checkpoint(&self.checkpoint)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if published > saved
+            && let Err(error) = self
+                .store
+                .save_checkpoint(&self.checkpoint, published)
+                .await
+        {
+            tracing::warn!(%error, "could not save the relay checkpoint on the way out");
+        }
     }
 
     async fn run_forever(&self) {
@@ -120,8 +141,26 @@ impl OutboxRelay {
         tracing::info!(%position, publisher = self.publisher.kind(), "relay resuming");
         let mut subscription = Subscription::new(Arc::clone(&self.store), position, self.batch);
         let mut lag_measured = Instant::now() - Duration::from_secs(10);
+        // The checkpoint only shortens a resume (the destination's last
+        // message bounds it too), so it is saved at most every
+        // CHECKPOINT_EVERY while busy, and as soon as the relay goes idle.
+        let mut saved_at = Instant::now();
+        let mut unsaved = false;
         loop {
-            let events = subscription.next_batch().await?;
+            let events = if unsaved {
+                let deadline = tokio::time::Instant::from_std(saved_at + CHECKPOINT_EVERY);
+                tokio::select! {
+                    batch = subscription.next_batch() => batch?,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.store.save_checkpoint(&self.checkpoint, position).await?;
+                        saved_at = Instant::now();
+                        unsaved = false;
+                        continue;
+                    }
+                }
+            } else {
+                subscription.next_batch().await?
+            };
             let outcome = self.publisher.publish(&events).await;
             let acked = match &outcome {
                 Ok(()) => events.len(),
@@ -129,9 +168,15 @@ impl OutboxRelay {
             };
             if acked > 0 {
                 position = events[acked - 1].position;
-                self.store
-                    .save_checkpoint(&self.checkpoint, position)
-                    .await?;
+                if saved_at.elapsed() >= CHECKPOINT_EVERY || outcome.is_err() {
+                    self.store
+                        .save_checkpoint(&self.checkpoint, position)
+                        .await?;
+                    saved_at = Instant::now();
+                    unsaved = false;
+                } else {
+                    unsaved = true;
+                }
                 self.published.send_replace(position);
                 metrics::counter!("charter_relay_published_events_total").increment(acked as u64);
                 let age = chrono::Utc::now() - events[acked - 1].recorded_at;

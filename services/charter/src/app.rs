@@ -141,14 +141,17 @@ impl Application {
         let published = relay.published();
         let (stop, stopped) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(wait_for_stop(stopped.clone())));
+        let mut visible = std::collections::HashMap::new();
         let projection_tasks: Vec<_> = charter_projections::projectors()
             .into_iter()
             .map(|projector| {
+                let name = projector.name();
                 let runner = ProjectionRunner::new(
                     Arc::clone(&self.store),
                     Arc::clone(&self.read_models),
                     projector,
                 );
+                visible.insert(name, runner.visible());
                 tokio::spawn(runner.run(wait_for_stop(stopped.clone())))
             })
             .collect();
@@ -163,6 +166,7 @@ impl Application {
             access,
             auth: Authenticator::new(self.signing_key.clone()),
             read_wait: Duration::from_millis(self.config.read_wait_ms),
+            visible,
         });
         let upkeep = tokio::spawn(async {
             loop {

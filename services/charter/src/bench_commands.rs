@@ -159,10 +159,13 @@ spec: {{subject: bencher, role: subject-admin}}
                     (name, body)
                 };
                 let sent = Instant::now();
-                let version = match post(&http, &url, &key, &body).await {
+                let (version, position) = match post(&http, &url, &key, &body).await {
                     Ok(report) => {
                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                        report["version"].as_u64().unwrap_or(u64::MAX)
+                        (
+                            report["version"].as_u64().unwrap_or(u64::MAX),
+                            report["position"].as_u64().unwrap_or(0),
+                        )
                     }
                     Err(error) => {
                         if failed.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -172,10 +175,13 @@ spec: {{subject: bencher, role: subject-admin}}
                     }
                 };
                 if plan.lag_every > 0 && i % plan.lag_every == 0 {
-                    // Visible once the query shows the subject at (or past)
-                    // the version the command produced.
+                    // Visible once a query asking for the command's
+                    // position answers with the subject at (or past) the
+                    // version the command produced.
                     let answered = Instant::now();
-                    let get = format!("{base}/v1/orgs/{org}/subjects/{name}");
+                    let get = format!(
+                        "{base}/v1/orgs/{org}/subjects/{name}?minPosition={position}"
+                    );
                     loop {
                         let seen = match http.get(&get).bearer_auth(&*key).send().await {
                             Ok(r) if r.status().is_success() => r
@@ -190,7 +196,7 @@ spec: {{subject: bencher, role: subject-admin}}
                             lags.push(answered.elapsed().as_secs_f64() * 1000.0);
                             break;
                         }
-                        tokio::time::sleep(Duration::from_micros(500)).await;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
             }

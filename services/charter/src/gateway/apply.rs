@@ -560,10 +560,7 @@ impl Gateway {
                 charter_projections::organizations::PROJECTION,
                 charter_projections::directory::DIRECTORY,
             ] {
-                let _ = self
-                    .read_models
-                    .wait_for(projection, position, self.read_wait)
-                    .await;
+                let _ = self.wait_visible(projection, Some(position.0)).await;
             }
         }
         items.sort_by_key(|item| {

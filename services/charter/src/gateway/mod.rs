@@ -258,6 +258,9 @@ pub struct Gateway {
     pub auth: Authenticator,
     /// Longest a read waits for a position it asked for.
     pub read_wait: Duration,
+    /// How far each projection run by this process has got: a read that
+    /// asks for a position waits on these instead of polling the database.
+    pub visible: std::collections::HashMap<&'static str, tokio::sync::watch::Receiver<Position>>,
 }
 
 fn action(name: &'static str) -> Action {
@@ -781,6 +784,14 @@ impl Gateway {
         let Some(position) = position else {
             return Ok(());
         };
+        if let Some(visible) = self.visible.get(projection) {
+            let mut visible = visible.clone();
+            let reached =
+                tokio::time::timeout(self.read_wait, visible.wait_for(|at| at.0 >= position)).await;
+            if matches!(reached, Ok(Ok(_))) {
+                return Ok(());
+            }
+        }
         self.read_models
             .wait_for(projection, Position(position), self.read_wait)
             .await
