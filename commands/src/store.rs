@@ -291,6 +291,18 @@ impl Subscription {
         self.position
     }
 
+    /// The events available right now (at most `limit`), without waiting.
+    pub async fn next_ready(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let events = self.store.read_tail(self.position, limit).await?;
+        if let Some(last) = events.last() {
+            self.position = last.position;
+        }
+        Ok(events)
+    }
+
     /// The next batch of events, waiting for one if the log is caught up.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         loop {

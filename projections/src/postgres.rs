@@ -94,6 +94,17 @@ impl DocLoader for PgLoader<'_> {
     }
 }
 
+/// Serializes the writers of one projection (batches of its runners,
+/// new generations, activation) for the rest of the transaction.
+async fn lock_projection(conn: &mut PgConnection, name: &str) -> Result<(), ProjectionError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('charter.projection.' || current_schema() || '.' || $1))")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 fn document(row: &PgRow) -> Result<Document, ProjectionError> {
     let collection: String = row.try_get(0).map_err(db)?;
     let key: String = row.try_get(1).map_err(db)?;
@@ -259,15 +270,20 @@ impl ReadModels for PostgresReadModels {
             // batch; the full path below tells which.
         }
         let mut tx = self.pool.begin().await.map_err(db)?;
-        // The projection's row lock orders this batch against the other
-        // runner of the same projection and against an activation.
-        let active: Option<i32> = sqlx::query_scalar(
-            "SELECT active_generation FROM projections WHERE name = $1 FOR UPDATE",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
+        // The projection's lock orders this batch against the other runner
+        // of the same projection and against an activation. An advisory
+        // lock, not a row lock: a row lock would give the transaction an
+        // id for its whole length, and log readers wait for every older
+        // transaction id to finish (the read horizon), so a slow batch
+        // would hold every reader back. Here the id comes with the writes
+        // at the end, just before the commit.
+        lock_projection(&mut tx, name).await?;
+        let active: Option<i32> =
+            sqlx::query_scalar("SELECT active_generation FROM projections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
         let active = active.ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
         if only_if_active && active != generation {
             return Ok(BatchOutcome::Superseded {
@@ -276,7 +292,7 @@ impl ReadModels for PostgresReadModels {
         }
         let checkpoint: Option<i64> = sqlx::query_scalar(
             "SELECT position FROM projection_checkpoints
-              WHERE name = $1 AND generation = $2 FOR UPDATE",
+              WHERE name = $1 AND generation = $2",
         )
         .bind(name)
         .bind(generation)
@@ -330,6 +346,7 @@ impl ReadModels for PostgresReadModels {
 
     async fn new_generation(&self, name: &str) -> Result<u32, ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
+        lock_projection(&mut tx, name).await?;
         let next: Option<i32> = sqlx::query_scalar(
             "SELECT max(generation) + 1 FROM projection_checkpoints WHERE name = $1",
         )
@@ -353,6 +370,7 @@ impl ReadModels for PostgresReadModels {
     async fn activate(&self, name: &str, generation: u32) -> Result<(), ProjectionError> {
         let generation = generation_arg(generation);
         let mut tx = self.pool.begin().await.map_err(db)?;
+        lock_projection(&mut tx, name).await?;
         let updated = sqlx::query(
             "UPDATE projections SET active_generation = $2, updated_at = now() WHERE name = $1",
         )

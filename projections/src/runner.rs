@@ -78,8 +78,23 @@ impl ProjectionRunner {
         let mut position = self.models.checkpoint(name, generation).await?;
         self.visible.send_replace(position);
         let mut subscription = Subscription::new(Arc::clone(&self.store), position, self.batch);
+        let mut began = tokio::time::Instant::now();
         loop {
             let events = subscription.next_batch().await?;
+            // Under a steady trickle, a batch per commit costs a
+            // transaction per commit: let a few milliseconds of events
+            // gather first (a full batch goes at once).
+            if events.len() < self.batch {
+                tokio::time::sleep_until(began + GATHER).await;
+            }
+            let events = if events.len() < self.batch {
+                let mut events = events;
+                events.extend(subscription.next_ready(self.batch - events.len()).await?);
+                events
+            } else {
+                events
+            };
+            began = tokio::time::Instant::now();
             match self
                 .models
                 .apply_batch(&*self.projector, generation, &events, true)
@@ -107,6 +122,9 @@ impl ProjectionRunner {
         }
     }
 }
+
+/// How long a runner lets events gather before applying a short batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
