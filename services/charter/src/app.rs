@@ -160,7 +160,6 @@ impl Application {
             Arc::clone(&access).follow(Arc::clone(&self.store), wait_for_stop(stopped.clone())),
         );
         let gateway = Arc::new(Gateway {
-            store: Arc::clone(&self.store),
             handler: CommandHandler::new(Arc::clone(&self.store)),
             read_models: Arc::clone(&self.read_models),
             access,

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use charter_commands::{
-    CommandError, CommandHandler, CommandMeta, EventStore, Handling, Position, StoreError,
-    StreamVersion,
+    CommandError, CommandHandler, CommandMeta, Handling, Position, StoreError, StreamVersion,
 };
 use charter_domain::access::AccessRequest;
 use charter_domain::audit::{AuditCommand, AuditId, AuditRecord, Denial};
@@ -251,7 +250,6 @@ impl OrgTree for Tree<'_> {
 
 /// The gateway's shared parts.
 pub struct Gateway {
-    pub store: Arc<dyn EventStore>,
     pub handler: CommandHandler,
     pub read_models: Arc<dyn ReadModels>,
     pub access: Arc<AccessIndex>,
