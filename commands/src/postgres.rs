@@ -69,6 +69,10 @@ fn migrator() -> Migrator {
             "read models",
             include_str!("../../schema/migrations/postgres/0002_read_models.sql"),
         ),
+        (
+            "read model index by org",
+            include_str!("../../schema/migrations/postgres/0003_read_model_index.sql"),
+        ),
     ])
 }
 
@@ -155,7 +159,11 @@ impl PostgresStore {
             what: "database url",
             value: e.to_string(),
         })?;
-        connect = connect.application_name("charter");
+        // Every statement here is a fixed shape over indexed equalities and
+        // ranges: plan each once per connection instead of on every call.
+        connect = connect
+            .application_name("charter")
+            .options([("plan_cache_mode", "force_generic_plan")]);
         let channel = match &options.schema {
             Some(schema) => {
                 check_schema_name(schema)?;

@@ -11,7 +11,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::{AppendOutcome, Position, StoreError, StreamId, StreamVersion};
 
 /// The newest migration this build knows, for every backend.
-pub(crate) const LATEST_MIGRATION: i64 = 2;
+pub(crate) const LATEST_MIGRATION: i64 = 3;
 
 /// Readiness must answer fast even while the server is unreachable.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

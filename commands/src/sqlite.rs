@@ -47,6 +47,10 @@ fn migrator() -> Migrator {
             "read models",
             include_str!("../../schema/migrations/sqlite/0002_read_models.sql"),
         ),
+        (
+            "read model index by org",
+            include_str!("../../schema/migrations/sqlite/0003_read_model_index.sql"),
+        ),
     ])
 }
 

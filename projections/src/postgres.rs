@@ -36,7 +36,10 @@ impl PostgresReadModels {
             // Documents and checkpoints commit together, so a batch lost to
             // a crash before it reached the disk is simply applied again
             // from the log: read-model commits need not wait for the flush.
-            .options([("synchronous_commit", "off")]);
+            .options([
+                ("synchronous_commit", "off"),
+                ("plan_cache_mode", "force_generic_plan"),
+            ]);
         if let Some(schema) = schema {
             options = options.options([("search_path", schema)]);
         }
@@ -79,10 +82,16 @@ impl DocLoader for PgLoader<'_> {
         collection: &str,
         keys: &[String],
     ) -> Result<Vec<(String, Value)>, ProjectionError> {
+        // One index seek per key, whatever the planner's statistics say
+        // (a fast-growing table is planned as if tiny until analyzed, and
+        // `key = ANY(…)` would then filter the whole collection).
         sqlx::query_as(
-            "SELECT key, doc FROM read_models
-              WHERE projection = $1 AND generation = $2 AND collection = $3
-                AND key = ANY($4::text[])",
+            "SELECT r.key, r.doc FROM unnest($4::text[]) AS k(key)
+             CROSS JOIN LATERAL (
+                 SELECT key, doc FROM read_models
+                  WHERE projection = $1 AND generation = $2 AND collection = $3
+                    AND key = k.key
+                 OFFSET 0) AS r",
         )
         .bind(self.projection)
         .bind(self.generation)
@@ -448,22 +457,36 @@ impl ReadModels for PostgresReadModels {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Document>, ProjectionError> {
-        let rows = sqlx::query(
-            "SELECT r.collection, r.key, r.org, r.doc, r.position
-               FROM read_models r JOIN projections p
-                 ON p.name = r.projection AND p.active_generation = r.generation
-              WHERE r.projection = $1 AND r.collection = $2 AND ($3::text IS NULL OR r.org = $3)
-                AND ($4::text IS NULL OR r.key > $4)
-              ORDER BY r.key LIMIT $5",
-        )
-        .bind(projection)
-        .bind(collection)
-        .bind(org.map(OrgName::as_str))
-        .bind(after)
-        .bind(to_i64(limit as u64))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        // Two statements rather than one with `$3 IS NULL OR …`: plans are
+        // generic (see `connect`), and one org's listing must seek by org.
+        // An empty cursor sorts before every key.
+        let query = match org {
+            Some(org) => sqlx::query(
+                "SELECT r.collection, r.key, r.org, r.doc, r.position
+                   FROM read_models r JOIN projections p
+                     ON p.name = r.projection AND p.active_generation = r.generation
+                  WHERE r.org = $3 AND r.projection = $1 AND r.collection = $2 AND r.key > $4
+                  ORDER BY r.key LIMIT $5",
+            )
+            .bind(projection)
+            .bind(collection)
+            .bind(org.as_str()),
+            None => sqlx::query(
+                "SELECT r.collection, r.key, r.org, r.doc, r.position
+                   FROM read_models r JOIN projections p
+                     ON p.name = r.projection AND p.active_generation = r.generation
+                  WHERE r.projection = $1 AND r.collection = $2 AND r.key > $3
+                  ORDER BY r.key LIMIT $4",
+            )
+            .bind(projection)
+            .bind(collection),
+        };
+        let rows = query
+            .bind(after.unwrap_or(""))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter().map(document).collect()
     }
 }
