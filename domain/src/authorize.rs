@@ -26,7 +26,7 @@ use crate::access::{AccessRequest, DenyReason, Grant, GrantIndex};
 use crate::compiled::{Compiled, Facts};
 use crate::ids::{JobSpaceName, PolicyName, SubjectName};
 use crate::policy::{ACTIONS, PolicyEvent, PolicyId};
-use crate::role::{BindingEvent, BindingId, RoleEvent, RoleId};
+use crate::role::{Action, BindingEvent, BindingId, ResourceKind, RoleEvent, RoleId};
 use crate::subject::{SubjectEvent, SubjectId, SubjectKind};
 
 /// What was decided, and why.
@@ -207,71 +207,65 @@ impl Authorizer {
             .is_some_and(|org| org.sources.contains_key(&id.name))
     }
 
-    /// The subjects of `request.org` that may do `request.action` on the
-    /// resource now, and those that could if the policy `id` had the text
-    /// `text` (`None`: if it were deleted). An admin uses this before a
-    /// change that might lock every admin out. A text that does not parse
-    /// is an error.
-    pub fn preview_policy(
-        &self,
-        request: &AccessRequest<'_>,
-        resource_name: &str,
-        id: &PolicyId,
-        text: Option<&str>,
-    ) -> Result<(Vec<SubjectName>, Vec<SubjectName>), String> {
+    /// The org's subjects who may change its policies today, when the
+    /// policy `id` taking the text `text` (`None`: being deleted) would
+    /// leave none who could; empty when the change locks nobody out. A
+    /// text that does not parse locks nobody out (the aggregate refuses
+    /// it, with its location).
+    pub fn admins_locked_out(&self, id: &PolicyId, text: Option<&str>) -> Vec<SubjectName> {
         let mut changed = OrgPolicies::default();
         if let Some(current) = self.policies.get(&id.org) {
             changed.sources = current.sources.clone();
         }
         match text {
-            Some(text) => {
-                let set = PolicySet::from_str(text).map_err(|e| e.to_string())?;
-                changed.sources.insert(id.name.clone(), set);
-            }
+            Some(text) => match PolicySet::from_str(text) {
+                Ok(set) => {
+                    changed.sources.insert(id.name.clone(), set);
+                }
+                Err(_) => return vec![],
+            },
             None => {
                 changed.sources.remove(&id.name);
             }
         }
         changed.compile();
+        let update = Action::parse("update").unwrap_or_else(|e| unreachable!("{e}"));
         let empty = ActionPolicies::default();
-        let now = self
-            .policies
-            .get(request.org)
-            .and_then(|org| org.by_action.get(request.action.as_str()))
-            .unwrap_or(&empty);
-        let after = changed
-            .by_action
-            .get(request.action.as_str())
-            .unwrap_or(&empty);
-        let mut subjects: Vec<&SubjectName> = self.grants.subjects(request.org).collect();
+        let after = changed.by_action.get("update").unwrap_or(&empty);
+        let mut subjects: Vec<&SubjectName> = self.grants.subjects(&id.org).collect();
         subjects.sort();
-        let mut allowed_now = Vec::new();
-        let mut allowed_after = Vec::new();
+        let mut admins = Vec::new();
         for subject in subjects {
-            let asked = AccessRequest {
+            let request = AccessRequest {
+                org: &id.org,
                 subject,
-                ..*request
+                action: &update,
+                kind: ResourceKind::Policy,
+                job_space: None,
             };
-            if self.decide_with(&asked, resource_name, now).allowed {
-                allowed_now.push(subject.clone());
+            if self.decide_with(&request, id.name.as_str(), after).allowed {
+                return vec![];
             }
-            if self.decide_with(&asked, resource_name, after).allowed {
-                allowed_after.push(subject.clone());
+            if self.decide(&request, id.name.as_str()).allowed {
+                admins.push(subject.clone());
             }
         }
-        Ok((allowed_now, allowed_after))
+        admins
     }
 
     /// Decides whether `request.subject` may do `request.action` on the
     /// resource `resource_name` of kind `request.kind`.
     pub fn decide(&self, request: &AccessRequest<'_>, resource_name: &str) -> AccessDecision {
-        let empty = ActionPolicies::default();
-        let policies = self
-            .policies
+        self.decide_with(request, resource_name, self.action_policies(request))
+    }
+
+    /// The request's org's policies for its action.
+    fn action_policies(&self, request: &AccessRequest<'_>) -> &ActionPolicies {
+        static NONE: OnceLock<ActionPolicies> = OnceLock::new();
+        self.policies
             .get(request.org)
             .and_then(|org| org.by_action.get(request.action.as_str()))
-            .unwrap_or(&empty);
-        self.decide_with(request, resource_name, policies)
+            .unwrap_or_else(|| NONE.get_or_init(ActionPolicies::default))
     }
 
     fn decide_with(
@@ -287,13 +281,7 @@ impl Authorizer {
     /// checks against it.
     #[cfg(test)]
     fn decide_by_engine(&self, request: &AccessRequest<'_>, resource_name: &str) -> AccessDecision {
-        let empty = ActionPolicies::default();
-        let policies = self
-            .policies
-            .get(request.org)
-            .and_then(|org| org.by_action.get(request.action.as_str()))
-            .unwrap_or(&empty);
-        self.decide_in(request, resource_name, policies, false)
+        self.decide_in(request, resource_name, self.action_policies(request), false)
     }
 
     fn decide_in(
@@ -357,7 +345,7 @@ impl Authorizer {
             let facts = Facts {
                 org: request.org.as_str(),
                 subject: request.subject.as_str(),
-                subject_kind: kind_name(kind),
+                subject_kind: kind.as_str(),
                 roles: &role_names,
                 resource_kind: request.kind.as_str(),
                 resource_name,
@@ -466,7 +454,7 @@ impl Authorizer {
             ));
             principal_parents.insert(role_uid);
         }
-        let kind_name = kind_name(kind);
+        let kind_name = kind.as_str();
         let principal = uid(&t.subject, &format!("{org}:{}", request.subject));
         entities.push(
             Entity::new(
@@ -508,14 +496,6 @@ impl Authorizer {
 
 /// No policies, compiled.
 static EMPTY_FAST: Vec<Compiled> = Vec::new();
-
-fn kind_name(kind: SubjectKind) -> &'static str {
-    match kind {
-        SubjectKind::User => "user",
-        SubjectKind::ServiceAccount => "service_account",
-        SubjectKind::Agent => "agent",
-    }
-}
 
 fn scoped(org: &str, space: &JobSpaceName) -> String {
     format!("{org}:{space}")
@@ -729,6 +709,30 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.grants.len(), 1);
         assert_eq!(d.forbidden_by, vec!["only-admins-approve#0".to_owned()]);
+    }
+
+    #[test]
+    fn a_policy_that_leaves_no_admin_is_caught() {
+        let a = world();
+        let id = |name: &str| Scoped::new(org("acme"), PolicyName::parse(name).unwrap());
+        let freeze = r#"forbid(principal, action == Charter::Action::"update", resource);"#;
+        let names = |v: Vec<SubjectName>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(a.admins_locked_out(&id("freeze"), Some(freeze))),
+            ["alice", "bot"]
+        );
+        // Agents only: alice can still change policies.
+        let agents = r#"forbid(principal, action == Charter::Action::"update", resource) when { principal.kind == "agent" };"#;
+        assert!(a.admins_locked_out(&id("agents"), Some(agents)).is_empty());
+        // A text that does not parse is for the aggregate to refuse.
+        assert!(
+            a.admins_locked_out(&id("freeze"), Some("not cedar"))
+                .is_empty()
+        );
+        // Deleting the only forbid gives access back, it takes none.
+        let mut frozen = world();
+        publish(&mut frozen, "acme", "freeze", freeze);
+        assert!(frozen.admins_locked_out(&id("freeze"), None).is_empty());
     }
 
     mod compiled_equals_engine {

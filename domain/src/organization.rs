@@ -135,6 +135,19 @@ pub enum Lifecycle {
     Archived,
 }
 
+impl Lifecycle {
+    /// The state's name as the APIs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "Requested",
+            Self::Provisioning => "Provisioning",
+            Self::Active => "Active",
+            Self::Suspended => "Suspended",
+            Self::Archived => "Archived",
+        }
+    }
+}
+
 /// The state of a registered org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrgState {

@@ -21,8 +21,20 @@ pub enum SubjectKind {
     Agent,
 }
 
+impl SubjectKind {
+    /// As written in manifests and seen by policies (`principal.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::ServiceAccount => "service_account",
+            Self::Agent => "agent",
+        }
+    }
+}
+
 /// The public identifier of an API key: 8 to 32 lower-case letters or
-/// digits. The key itself is `<key id>.<secret>`.
+/// digits. The key itself is made by the gateway and shown once; only its
+/// digest is kept.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct ApiKeyId(String);

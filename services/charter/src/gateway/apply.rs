@@ -82,6 +82,16 @@ fn rank(manifest: &Manifest) -> u8 {
     }
 }
 
+/// The state a document was planned against, kept for its dry run (an
+/// org's state lives in the apply's org map, shared with its job spaces).
+enum Staged {
+    Org,
+    Subject(Subject),
+    Role(Role),
+    Binding(RoleBinding),
+    Policy(Policy),
+}
+
 /// One object's plan.
 struct Planned {
     document: usize,
@@ -151,22 +161,6 @@ fn dry_all<'r, A: Aggregate>(
 }
 
 impl Gateway {
-    /// Loads an aggregate and decides the ready commands dry against it.
-    async fn dry_loaded<'r, A: Aggregate>(
-        &self,
-        id: &A::Id,
-        readies: &'r [(String, Ready)],
-        pick: impl Fn(&'r Ready) -> Option<(&'r A::Id, &'r A::Command)>,
-    ) -> Result<Option<A::Rejection>, ApiError> {
-        let mut state = self
-            .handler
-            .load::<A>(id)
-            .await
-            .map_err(|e| ApiError::from_error(&e))?
-            .state;
-        Ok(dry_all(&mut state, readies, pick))
-    }
-
     /// Applies manifests (already split into documents).
     pub async fn apply(
         &self,
@@ -201,7 +195,7 @@ impl Gateway {
 
         // Phase 1: plan, authorize, check, decide dry.
         let mut pending = Pending::default();
-        let mut orgs: HashMap<OrgName, (Organization, StreamVersion, bool)> = HashMap::new();
+        let mut orgs: HashMap<OrgName, (Organization, StreamVersion)> = HashMap::new();
         let mut plans: Vec<Planned> = Vec::new();
         let mut problems: Vec<ApiError> = Vec::new();
         for (document, manifest) in &order {
@@ -213,11 +207,12 @@ impl Gateway {
             let name = manifest.name().to_owned();
             let kind = manifest.kind();
             // Load what the manifest is about and plan.
-            let (intents, existed, version, stream_key): (
+            let (intents, existed, version, stream_key, staged): (
                 Vec<Intent>,
                 bool,
                 StreamVersion,
                 String,
+                Staged,
             ) = match manifest {
                 Manifest::Organization { .. } | Manifest::JobSpace { .. } => {
                     if !orgs.contains_key(&org) {
@@ -226,10 +221,9 @@ impl Gateway {
                             .load::<Organization>(&org)
                             .await
                             .map_err(|e| ApiError::from_error(&e))?;
-                        let existed = loaded.state.0.is_some();
-                        orgs.insert(org.clone(), (loaded.state, loaded.version, existed));
+                        orgs.insert(org.clone(), (loaded.state, loaded.version));
                     }
-                    let (state, version, _) = &orgs[&org];
+                    let (state, version) = &orgs[&org];
                     let commands = match manifest {
                         Manifest::JobSpace {
                             metadata,
@@ -254,6 +248,7 @@ impl Gateway {
                         existed,
                         *version,
                         format!("org:{org}"),
+                        Staged::Org,
                     )
                 }
                 Manifest::Subject { metadata, spec, .. } => {
@@ -272,6 +267,7 @@ impl Gateway {
                         loaded.state.0.is_some(),
                         loaded.version,
                         id.to_string(),
+                        Staged::Subject(loaded.state),
                     )
                 }
                 Manifest::Role { metadata, spec, .. } => {
@@ -290,6 +286,7 @@ impl Gateway {
                         loaded.state.0.is_some(),
                         loaded.version,
                         id.to_string(),
+                        Staged::Role(loaded.state),
                     )
                 }
                 Manifest::RoleBinding { metadata, spec, .. } => {
@@ -320,6 +317,7 @@ impl Gateway {
                         loaded.state.0.is_some(),
                         loaded.version,
                         id.to_string(),
+                        Staged::Binding(loaded.state),
                     )
                 }
                 Manifest::Policy { metadata, spec, .. } => {
@@ -349,6 +347,7 @@ impl Gateway {
                         loaded.state.0.is_some(),
                         loaded.version,
                         id.to_string(),
+                        Staged::Policy(loaded.state),
                     )
                 }
             };
@@ -399,54 +398,35 @@ impl Gateway {
                 readies.push((intent.name().to_owned(), ready));
             }
 
-            // Decide dry, in order, against the loaded state.
-            let rejection = match manifest {
-                Manifest::Organization { .. } | Manifest::JobSpace { .. } => {
-                    match orgs.get_mut(&org) {
-                        Some((state, _, _)) => dry_all(state, &readies, |r| match r {
-                            Ready::Org(id, c) => Some((id, c)),
-                            _ => None,
-                        })
-                        .map(|e| rejected(document, kind, &name, &e)),
-                        None => None,
-                    }
-                }
-                Manifest::Subject { metadata, .. } => {
-                    let id = Scoped::new(org.clone(), metadata.name.clone());
-                    self.dry_loaded::<Subject>(&id, &readies, |r| match r {
-                        Ready::Subject(id, c) => Some((id, c)),
+            // Decide dry, in order, against the state the plan was made from.
+            let rejection = match staged {
+                Staged::Org => orgs.get_mut(&org).and_then(|(state, _)| {
+                    dry_all(state, &readies, |r| match r {
+                        Ready::Org(id, c) => Some((id, c)),
                         _ => None,
                     })
-                    .await?
                     .map(|e| rejected(document, kind, &name, &e))
-                }
-                Manifest::Role { metadata, .. } => {
-                    let id = Scoped::new(org.clone(), metadata.name.clone());
-                    self.dry_loaded::<Role>(&id, &readies, |r| match r {
-                        Ready::Role(id, c) => Some((id, c)),
-                        _ => None,
-                    })
-                    .await?
-                    .map(|e| rejected(document, kind, &name, &e))
-                }
-                Manifest::RoleBinding { metadata, .. } => {
-                    let id = Scoped::new(org.clone(), metadata.name.clone());
-                    self.dry_loaded::<RoleBinding>(&id, &readies, |r| match r {
-                        Ready::Binding(id, c) => Some((id, c)),
-                        _ => None,
-                    })
-                    .await?
-                    .map(|e| rejected(document, kind, &name, &e))
-                }
-                Manifest::Policy { metadata, .. } => {
-                    let id = Scoped::new(org.clone(), metadata.name.clone());
-                    self.dry_loaded::<Policy>(&id, &readies, |r| match r {
-                        Ready::Policy(id, c) => Some((id, c)),
-                        _ => None,
-                    })
-                    .await?
-                    .map(|e| rejected(document, kind, &name, &e))
-                }
+                }),
+                Staged::Subject(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Subject(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Role(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Role(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Binding(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Binding(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Policy(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Policy(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
             };
             let failed = rejection.is_some();
             problems.extend(rejection);

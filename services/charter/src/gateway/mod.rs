@@ -261,11 +261,6 @@ pub struct Gateway {
     pub visible: std::collections::HashMap<&'static str, tokio::sync::watch::Receiver<Position>>,
 }
 
-fn action(name: &'static str) -> Action {
-    // Every name used here is a valid action.
-    Action::parse(name).unwrap_or_else(|e| unreachable!("action {name}: {e}"))
-}
-
 impl Gateway {
     /// The principal behind an `Authorization` header value.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
@@ -659,23 +654,8 @@ impl Gateway {
             PolicyCommand::Publish { text } => Some(text.as_str()),
             PolicyCommand::Delete => None,
         };
-        let verb = action("update");
-        let anyone = charter_domain::ids::SubjectName::parse("anyone")
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let request = AccessRequest {
-            org: &id.org,
-            subject: &anyone,
-            action: &verb,
-            kind: ResourceKind::Policy,
-            job_space: None,
-        };
-        // A text that does not parse is refused by the aggregate, with
-        // its location; nothing to preview here.
-        let Ok((before, after)) = authorizer.preview_policy(&request, id.name.as_str(), id, text)
-        else {
-            return Ok(());
-        };
-        if !before.is_empty() && after.is_empty() {
+        let before = authorizer.admins_locked_out(id, text);
+        if !before.is_empty() {
             return Err(ApiError::new(
                 ErrorClass::FailedPrecondition,
                 "would_lock_out_admins",

@@ -5,10 +5,10 @@ use async_graphql::SimpleObject;
 use charter_domain::access::Grant;
 use charter_domain::audit::AuditRecord;
 use charter_domain::authorize::AccessDecision;
-use charter_domain::organization::{Lifecycle, OrgState};
+use charter_domain::organization::OrgState;
 use charter_domain::policy::PolicyState;
 use charter_domain::role::{BindingScope, BindingState, RoleState};
-use charter_domain::subject::{SubjectKind, SubjectState};
+use charter_domain::subject::SubjectState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -211,25 +211,6 @@ fn state_of<T: DeserializeOwned>(doc: &Value) -> Result<T, ApiError> {
     decode(doc.get("state").cloned().unwrap_or(Value::Null))
 }
 
-fn kind_name(kind: SubjectKind) -> String {
-    match kind {
-        SubjectKind::User => "user",
-        SubjectKind::ServiceAccount => "service_account",
-        SubjectKind::Agent => "agent",
-    }
-    .to_owned()
-}
-
-pub fn lifecycle_name(lifecycle: Lifecycle) -> &'static str {
-    match lifecycle {
-        Lifecycle::Requested => "Requested",
-        Lifecycle::Provisioning => "Provisioning",
-        Lifecycle::Active => "Active",
-        Lifecycle::Suspended => "Suspended",
-        Lifecycle::Archived => "Archived",
-    }
-}
-
 impl OrgView {
     pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
         let state: OrgState = decode(doc.clone())?;
@@ -254,7 +235,7 @@ impl OrgView {
                 })
                 .collect(),
             parent: state.parent.map(|p| p.to_string()),
-            lifecycle: lifecycle_name(state.lifecycle).to_owned(),
+            lifecycle: state.lifecycle.as_str().to_owned(),
             suspension_reason: state.suspension_reason,
             meta: meta(doc, position),
         })
@@ -267,7 +248,7 @@ impl SubjectView {
         Ok(Self {
             org: state.org.to_string(),
             name: state.name.to_string(),
-            kind: kind_name(state.kind),
+            kind: state.kind.as_str().to_owned(),
             display_name: state.display_name.as_str().to_owned(),
             disabled: state.disabled,
             api_keys: state
