@@ -19,8 +19,10 @@ pub mod manifest;
 pub mod organization;
 pub mod policy;
 pub mod role;
+pub mod span;
 pub mod subject;
 pub mod testing;
+pub mod tool;
 pub mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent, EventParts};
