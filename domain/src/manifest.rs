@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ids::Actor;
 use crate::ids::{BindingName, JobSpaceName, PolicyName, RoleName, SubjectName};
 use crate::organization::{DisplayName, OrgCommand, Organization, Tags};
 use crate::role::{
@@ -20,6 +21,7 @@ use crate::role::{
     RoleSpec, Rule, ToolPattern,
 };
 use crate::subject::{Subject, SubjectCommand, SubjectKind};
+use crate::tool::{Tool, ToolCommand, ToolName, ToolRejection, ToolSpec};
 use crate::{ErrorClass, ErrorCode, OrgName};
 
 pub const API_VERSION: &str = "charter.dev/v1";
@@ -155,15 +157,22 @@ pub enum Manifest {
         metadata: Metadata<PolicyName>,
         spec: PolicySpec,
     },
+    /// One version of a tool.
+    Tool {
+        api_version: String,
+        metadata: Metadata<ToolName>,
+        spec: Box<ToolSpec>,
+    },
 }
 
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "Organization",
     "Subject",
     "Role",
     "RoleBinding",
     "JobSpace",
     "Policy",
+    "Tool",
 ];
 
 impl Manifest {
@@ -175,6 +184,7 @@ impl Manifest {
             Self::RoleBinding { .. } => "RoleBinding",
             Self::JobSpace { .. } => "JobSpace",
             Self::Policy { .. } => "Policy",
+            Self::Tool { .. } => "Tool",
         }
     }
 
@@ -187,6 +197,7 @@ impl Manifest {
             Self::RoleBinding { metadata, .. } => metadata.org.as_ref(),
             Self::JobSpace { metadata, .. } => metadata.org.as_ref(),
             Self::Policy { metadata, .. } => metadata.org.as_ref(),
+            Self::Tool { metadata, .. } => metadata.org.as_ref(),
         }
     }
 
@@ -199,6 +210,7 @@ impl Manifest {
             Self::RoleBinding { metadata, .. } => metadata.name.as_str(),
             Self::JobSpace { metadata, .. } => metadata.name.as_str(),
             Self::Policy { metadata, .. } => metadata.name.as_str(),
+            Self::Tool { metadata, .. } => metadata.name.as_str(),
         }
     }
 
@@ -209,7 +221,8 @@ impl Manifest {
             | Self::Role { api_version, .. }
             | Self::RoleBinding { api_version, .. }
             | Self::JobSpace { api_version, .. }
-            | Self::Policy { api_version, .. } => api_version,
+            | Self::Policy { api_version, .. }
+            | Self::Tool { api_version, .. } => api_version,
         }
     }
 }
@@ -274,6 +287,7 @@ fn parse_document(document: usize, value: &Value) -> Result<Manifest, ManifestEr
         Some("Role") => decode!(Role),
         Some("RoleBinding") => decode!(RoleBinding),
         Some("JobSpace") => decode!(JobSpace),
+        Some("Tool") => decode!(Tool),
         _ => decode!(Policy),
     };
     if manifest.api_version() != API_VERSION {
@@ -312,7 +326,33 @@ fn parse_document(document: usize, value: &Value) -> Result<Manifest, ManifestEr
             return Err(error("spec.policy", problems.join("; ")));
         }
     }
+    if let Manifest::Tool { spec, .. } = &manifest
+        && let Err(rejection) = spec.check()
+    {
+        return Err(match rejection {
+            ToolRejection::InvalidSpec { path, message } => error(&format!("spec.{path}"), message),
+            other => error("spec", other.to_string()),
+        });
+    }
     Ok(manifest)
+}
+
+/// The command that brings a tool to its manifest: registering the
+/// version, unless it is already registered with this very spec.
+pub fn plan_tool(current: &Tool, spec: &ToolSpec, by: &Actor) -> Vec<ToolCommand> {
+    let registered = current
+        .0
+        .as_ref()
+        .and_then(|state| state.version(&spec.version))
+        .is_some_and(|v| v.spec == *spec);
+    if registered {
+        vec![]
+    } else {
+        vec![ToolCommand::Register {
+            spec: Box::new(spec.clone()),
+            by: by.clone(),
+        }]
+    }
 }
 
 /// The commands that bring an organization to its manifest.
@@ -464,6 +504,9 @@ mod tests {
             json!({"apiVersion": "charter.dev/v1", "kind": "Policy",
                    "metadata": {"name": "base", "org": "acme"},
                    "spec": {"policy": "permit(principal, action == Charter::Action::\"get\", resource);"}}),
+            json!({"apiVersion": "charter.dev/v1", "kind": "Tool",
+                   "metadata": {"name": "payments.refund", "org": "acme"},
+                   "spec": {"version": "1.0.0", "runtime": {"http": {"url": "https://pay.example/refund"}}}}),
         ];
         let manifests = parse_documents(&docs).unwrap();
         let kinds: Vec<_> = manifests.iter().map(Manifest::kind).collect();

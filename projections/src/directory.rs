@@ -1,5 +1,5 @@
-//! The `directory` projection: one document per subject, role, role binding
-//! and policy, and the `audit` projection: one document per denied request.
+//! The `directory` projection: one document per subject, role, role
+//! binding, policy and tool, and the `audit` projection: one document per denied request.
 //!
 //! Each document is `{"state": <the aggregate's state>, "version",
 //! "created_at", "updated_at"}`, folded with the aggregate's own `evolve`,
@@ -17,6 +17,7 @@ use charter_domain::audit::AuditRecord;
 use charter_domain::policy::Policy;
 use charter_domain::role::{Role, RoleBinding};
 use charter_domain::subject::Subject;
+use charter_domain::tool::Tool;
 use serde_json::{Value, json};
 
 use crate::{Documents, ProjectionError, Projector};
@@ -28,6 +29,7 @@ pub const SUBJECTS: &str = "subjects";
 pub const ROLES: &str = "roles";
 pub const BINDINGS: &str = "rolebindings";
 pub const POLICIES: &str = "policies";
+pub const TOOLS: &str = "tools";
 pub const DENIALS: &str = "denials";
 
 fn failed(
@@ -99,7 +101,7 @@ impl<A: Aggregate> Fold<A> {
     }
 }
 
-/// Subjects, roles, role bindings and policies.
+/// Subjects, roles, role bindings, policies and tools.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DirectoryProjector;
 
@@ -112,7 +114,7 @@ impl Projector for DirectoryProjector {
     fn wants(&self, event: &RecordedEvent) -> bool {
         matches!(
             event.aggregate_type.as_str(),
-            Subject::KIND | Role::KIND | RoleBinding::KIND | Policy::KIND
+            Subject::KIND | Role::KIND | RoleBinding::KIND | Policy::KIND | Tool::KIND
         )
     }
 
@@ -126,6 +128,7 @@ impl Projector for DirectoryProjector {
             Role::KIND => Fold::<Role>::apply(DIRECTORY, ROLES, event, docs).await,
             RoleBinding::KIND => Fold::<RoleBinding>::apply(DIRECTORY, BINDINGS, event, docs).await,
             Policy::KIND => Fold::<Policy>::apply(DIRECTORY, POLICIES, event, docs).await,
+            Tool::KIND => Fold::<Tool>::apply(DIRECTORY, TOOLS, event, docs).await,
             _ => Ok(()),
         }
     }
@@ -136,6 +139,7 @@ impl Projector for DirectoryProjector {
             Role::KIND => key_of::<Role>(event).map(|k| (ROLES, k)),
             RoleBinding::KIND => key_of::<RoleBinding>(event).map(|k| (BINDINGS, k)),
             Policy::KIND => key_of::<Policy>(event).map(|k| (POLICIES, k)),
+            Tool::KIND => key_of::<Tool>(event).map(|k| (TOOLS, k)),
             _ => None,
         };
         read.into_iter().collect()

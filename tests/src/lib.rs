@@ -6,6 +6,8 @@
 //! The binary is found beside the test executable (`target/<profile>/charter`)
 //! or at `CHARTER_BIN`; the README's test command builds it first.
 
+pub mod api;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

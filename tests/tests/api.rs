@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use charter_tests::{PgSchema, Server, TempDir, charter_command, test_database_url, test_nats_url};
+use charter_tests::api::{Env, code, outcomes, postgres_and_jetstream};
+use charter_tests::{TempDir, charter_command, test_nats_url};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -44,138 +45,6 @@ spec:
   policy: |
     permit(principal, action == Charter::Action::"get", resource);
 "#;
-
-struct Env {
-    dir: TempDir,
-    server: Server,
-    http: reqwest::Client,
-    extra: Vec<(&'static str, String)>,
-}
-
-impl Env {
-    fn start(dir: TempDir, extra: Vec<(&'static str, String)>) -> Self {
-        let mut command = charter_command(&dir.0);
-        for (key, value) in &extra {
-            command.env(key, value);
-        }
-        command.env("CHARTER_MAX_BODY_BYTES", "65536");
-        let server = Server::start(command);
-        Self {
-            dir,
-            server,
-            http: reqwest::Client::new(),
-            extra,
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut command = charter_command(&self.dir.0);
-        for (key, value) in &self.extra {
-            command.env(key, value);
-        }
-        command.args(args).output().expect("run charter")
-    }
-
-    fn token(&self, subject: &str, ttl: &str) -> String {
-        let output = self.cli(&["token", "issue", "--subject", subject, "--ttl", ttl]);
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<(&str, String)>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, self.server.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some((content_type, body)) = body {
-            request = request.header("content-type", content_type).body(body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        if status >= 400 {
-            assert_eq!(
-                response.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    async fn apply(&self, token: &str, yaml: &str, query: &str) -> (u16, Value) {
-        self.call(
-            Method::POST,
-            &format!("/v1/apply{query}"),
-            Some(token),
-            Some(("application/yaml", yaml.to_owned())),
-        )
-        .await
-    }
-
-    async fn command(&self, token: &str, body: Value) -> (u16, Value) {
-        self.call(
-            Method::POST,
-            "/v1/commands",
-            Some(token),
-            Some(("application/json", body.to_string())),
-        )
-        .await
-    }
-
-    async fn graphql(&self, token: Option<&str>, query: &str) -> Value {
-        let mut request = self
-            .http
-            .post(self.server.url("/graphql"))
-            .json(&json!({ "query": query }));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    /// How many events the log holds.
-    fn events(&self) -> usize {
-        let output = self.cli(&["events"]);
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stdout).lines().count()
-    }
-}
-
-fn outcomes(report: &Value) -> Vec<String> {
-    report["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            format!(
-                "{} {}/{}",
-                i["outcome"].as_str().unwrap(),
-                i["kind"].as_str().unwrap(),
-                i["name"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
-fn code(body: &Value) -> &str {
-    body["code"].as_str().unwrap_or("")
-}
 
 async fn scenario(env: &Env) {
     let root = env.token("root", "1h");
@@ -724,19 +593,8 @@ async fn api_on_the_embedded_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_on_postgres_and_jetstream() {
-    let schema = PgSchema::new("api");
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("API_{tag}");
-    let env = Env::start(
-        TempDir::new(),
-        vec![
-            ("CHARTER_DATABASE_URL", test_database_url()),
-            ("CHARTER_DATABASE_SCHEMA", schema.name.clone()),
-            ("CHARTER_NATS_URL", test_nats_url()),
-            ("CHARTER_NATS_STREAM", stream.clone()),
-            ("CHARTER_NATS_SUBJECT_PREFIX", format!("api{tag}.events")),
-        ],
-    );
+    let (_schema, stream, settings) = postgres_and_jetstream("api");
+    let env = Env::start(TempDir::new(), settings);
     scenario(&env).await;
     // Every event reached JetStream.
     let client = async_nats::connect(test_nats_url()).await.unwrap();

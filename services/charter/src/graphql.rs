@@ -26,7 +26,7 @@ use crate::gateway::commands::CommandRequest;
 use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, PageArgs};
 use crate::gateway::views::{
     AuditEntryView, BindingView, DecisionView, JobSpaceView, Meta, OrgView, PolicyView, RoleView,
-    SubjectView, Tag,
+    SubjectView, Tag, ToolView,
 };
 use crate::gateway::{ApiError, Caller, CommandReport, Gateway};
 
@@ -94,10 +94,12 @@ page_type!(SubjectPage, SubjectView);
 page_type!(RolePage, RoleView);
 page_type!(RoleBindingPage, BindingView);
 page_type!(PolicyPage, PolicyView);
+page_type!(ToolPage, ToolView);
 page_type!(AuditPage, AuditEntryView);
 
-/// An organization, with what lives in it.
-pub struct Organization(OrgView);
+/// An organization, with what lives in it, and the log position its
+/// query asked to see (its nested lists wait for it too).
+pub struct Organization(OrgView, Option<u64>);
 
 #[Object]
 impl Organization {
@@ -148,7 +150,7 @@ impl Organization {
                 &self.0.name,
                 ResourceKind::Subject,
                 &filter.unwrap_or_default(),
-                &page(first, after, None),
+                &page(first, after, self.1),
                 reads::subject_item,
                 reads::keep_subject,
                 |v: &SubjectView| v.name.clone(),
@@ -176,7 +178,7 @@ impl Organization {
                 &self.0.name,
                 ResourceKind::Role,
                 &filter.unwrap_or_default(),
-                &page(first, after, None),
+                &page(first, after, self.1),
                 reads::role_item,
                 reads::keep_any,
                 |v: &RoleView| v.name.clone(),
@@ -204,7 +206,7 @@ impl Organization {
                 &self.0.name,
                 ResourceKind::RoleBinding,
                 &filter.unwrap_or_default(),
-                &page(first, after, None),
+                &page(first, after, self.1),
                 reads::binding_item,
                 reads::keep_binding,
                 |v: &BindingView| v.name.clone(),
@@ -232,7 +234,7 @@ impl Organization {
                 &self.0.name,
                 ResourceKind::Policy,
                 &filter.unwrap_or_default(),
-                &page(first, after, None),
+                &page(first, after, self.1),
                 reads::policy_item,
                 reads::keep_any,
                 |v: &PolicyView| v.name.clone(),
@@ -243,6 +245,51 @@ impl Organization {
             items: p.items,
             next_cursor: p.next_cursor,
         })
+    }
+
+    /// The org's tools and their versions.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn tools(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<ToolPage> {
+        let caller = caller(ctx, "Organization.tools")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Tool,
+                &filter.unwrap_or_default(),
+                &page(first, after, self.1),
+                reads::tool_item,
+                reads::keep_any,
+                |v: &ToolView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(ToolPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    /// One tool of the org.
+    async fn tool(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ToolView> {
+        let caller = caller(ctx, "Organization.tool")?;
+        gateway(ctx)?
+            .get_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Tool,
+                &name,
+                self.1,
+                reads::tool_item,
+            )
+            .await
+            .map_err(error)
     }
 }
 
@@ -283,7 +330,11 @@ impl Query {
             .await
             .map_err(error)?;
         Ok(OrganizationPage {
-            items: p.items.into_iter().map(Organization).collect(),
+            items: p
+                .items
+                .into_iter()
+                .map(|o| Organization(o, min_position))
+                .collect(),
             next_cursor: p.next_cursor,
         })
     }
@@ -299,7 +350,7 @@ impl Query {
         gateway(ctx)?
             .get_org(&caller, &name, min_position)
             .await
-            .map(Organization)
+            .map(|o| Organization(o, min_position))
             .map_err(error)
     }
 

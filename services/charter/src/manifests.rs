@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn the_examples_are_valid() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/examples");
-        let manifests = read(&examples).unwrap_or_else(|errors| {
+        let mut manifests = read(&examples.join("tools")).unwrap();
+        assert!(manifests.len() >= 3, "the tool examples are there");
+        manifests.extend(read(&examples).unwrap_or_else(|errors| {
             panic!(
                 "{}",
                 errors
@@ -128,7 +130,7 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join("\n")
             )
-        });
+        }));
         let kinds: std::collections::BTreeSet<_> = manifests.iter().map(Manifest::kind).collect();
         assert_eq!(
             kinds.len(),

@@ -25,7 +25,7 @@ use crate::gateway::commands::CommandRequest;
 use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, Page, PageArgs};
 use crate::gateway::views::{
     AuditEntryView, BindingView, DecisionView, GrantView, JobSpaceView, Meta, OrgView, PolicyView,
-    RoleView, RuleView, SubjectView, Tag,
+    RoleView, RuleView, SubjectView, Tag, ToolVersionView, ToolView,
 };
 use crate::gateway::{ApiError, Caller, CommandReport, Gateway};
 use crate::http::Problem;
@@ -88,16 +88,18 @@ impl Modify for Security {
     info(
         title = "Charter API",
         version = "1",
-        description = "Organizations, subjects, roles, role bindings, job spaces and policies: declared by manifests or changed by commands, every request authorized."
+        description = "Organizations, subjects, roles, role bindings, job spaces, policies and tools: declared by manifests or changed by commands, every request authorized."
     ),
     paths(
         apply, submit_command, whoami, list_orgs, get_org, list_job_spaces,
         list_subjects, get_subject, list_roles, get_role, list_bindings, get_binding,
-        list_policies, get_policy, audit_log, check_access
+        list_policies, get_policy, list_tools, get_tool, approve_tool, revoke_tool,
+        audit_log, check_access
     ),
     components(schemas(
         ProblemDocument, WhoAmI, ApplyReport, ApplyItem, CommandRequest, CommandReport,
         OrgView, JobSpaceView, SubjectView, RoleView, RuleView, BindingView, PolicyView,
+        ToolView, ToolVersionView, RevokeRequest,
         AuditEntryView, DecisionView, GrantView, Meta, Tag, AccessQuestion
     )),
     modifiers(&Security),
@@ -378,6 +380,90 @@ directory_endpoints!(
     "policies"
 );
 
+directory_endpoints!(
+    list_tools,
+    get_tool,
+    "tools",
+    ResourceKind::Tool,
+    ToolView,
+    reads::tool_item,
+    reads::keep_any,
+    "tools"
+);
+
+/// Why a version is revoked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub reason: String,
+}
+
+fn tool_command(org: String, name: String, command: serde_json::Value) -> CommandRequest {
+    CommandRequest {
+        command_id: None,
+        kind: "Tool".into(),
+        org,
+        name: Some(name),
+        expected_version: None,
+        force: false,
+        command,
+    }
+}
+
+/// Approve a tool version, so that it can run (needs `approve` on the
+/// tool). Approving an approved version changes nothing.
+#[utoipa::path(post, path = "/v1/orgs/{org}/tools/{name}/versions/{version}/approve", tag = "charter",
+    params(("org" = String, Path), ("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = CommandReport), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 409, body = ProblemDocument)))]
+async fn approve_tool(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, name, version)): Path<(String, String, String)>,
+) -> Answer {
+    let caller = caller(
+        &gateway,
+        &headers,
+        "POST /v1/orgs/{org}/tools/{name}/versions/{version}/approve",
+    )?;
+    let request = tool_command(
+        org,
+        name,
+        serde_json::json!({"type": "Approve", "version": version}),
+    );
+    Ok(json(&gateway.submit(&caller, &request).await?))
+}
+
+/// Revoke a tool version: it never runs again (needs `approve` on the
+/// tool).
+#[utoipa::path(post, path = "/v1/orgs/{org}/tools/{name}/versions/{version}/revoke", tag = "charter",
+    params(("org" = String, Path), ("name" = String, Path), ("version" = String, Path)),
+    request_body = RevokeRequest,
+    responses((status = 200, body = CommandReport), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 422, body = ProblemDocument)))]
+async fn revoke_tool(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, name, version)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let caller = caller(
+        &gateway,
+        &headers,
+        "POST /v1/orgs/{org}/tools/{name}/versions/{version}/revoke",
+    )?;
+    let body = body_bytes(body)?;
+    let revoke: RevokeRequest = parse_json(&body)?;
+    let request = tool_command(
+        org,
+        name,
+        serde_json::json!({"type": "Revoke", "version": version, "reason": revoke.reason}),
+    );
+    Ok(json(&gateway.submit(&caller, &request).await?))
+}
+
 /// An org's denied requests (needs `list` on `AuditLog`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit", tag = "charter",
     params(("org" = String, Path), PageArgs),
@@ -436,6 +522,16 @@ pub fn router(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {
         .route("/v1/orgs/{org}/rolebindings/{name}", get(get_binding))
         .route("/v1/orgs/{org}/policies", get(list_policies))
         .route("/v1/orgs/{org}/policies/{name}", get(get_policy))
+        .route("/v1/orgs/{org}/tools", get(list_tools))
+        .route("/v1/orgs/{org}/tools/{name}", get(get_tool))
+        .route(
+            "/v1/orgs/{org}/tools/{name}/versions/{version}/approve",
+            post(approve_tool),
+        )
+        .route(
+            "/v1/orgs/{org}/tools/{name}/versions/{version}/revoke",
+            post(revoke_tool),
+        )
         .route("/v1/orgs/{org}/audit", get(audit_log))
         .route("/v1/check-access", post(check_access))
         .route("/openapi.json", get(openapi))

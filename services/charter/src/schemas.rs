@@ -11,6 +11,7 @@ use std::path::Path;
 use charter_domain::manifest::{API_VERSION, KINDS, MAX_POLICY_BYTES};
 use charter_domain::policy::ACTIONS;
 use charter_domain::role::ResourceKind;
+use charter_domain::tool::{Limits, MAX_COST, MAX_SCRIPT_BYTES};
 use serde_json::{Value, json};
 
 /// RFC 1123 labels, as `check_dns_label` accepts them.
@@ -100,6 +101,7 @@ fn spec_of(kind: &str) -> Value {
             "required": ["displayName"],
             "properties": {"displayName": display_name()}
         }),
+        "Tool" => tool_spec(),
         _ => json!({
             "type": "object",
             "additionalProperties": false,
@@ -114,6 +116,76 @@ fn spec_of(kind: &str) -> Value {
     }
 }
 
+/// Durations as `Span` parses them.
+const SPAN: &str = "^[0-9]+(ms|s|m|h|d)?$";
+
+fn tool_spec() -> Value {
+    let env_name = json!({"pattern": "^[A-Z_][A-Z0-9_]{0,127}$"});
+    let header_name = json!({"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"});
+    let one = |name: &str, body: Value| json!({"type": "object", "additionalProperties": false, "required": [name], "properties": {name: body}});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["version", "runtime"],
+        "properties": {
+            "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$"},
+            "description": {"type": "string", "maxLength": 2000},
+            "input": {"type": ["object", "boolean"], "description": "The JSON Schema every call's input must match", "default": {}},
+            "output": {"type": ["object", "boolean"], "description": "The JSON Schema every output must match", "default": {}},
+            "cost": {"type": "integer", "minimum": 0, "maximum": MAX_COST, "default": 0},
+            "runtime": {"oneOf": [
+                one("process", json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["command"],
+                    "properties": {
+                        "command": {"type": "array", "minItems": 1, "maxItems": 64, "items": {"type": "string", "maxLength": 4096}},
+                        "script": {
+                            "type": "object",
+                            "additionalProperties": false,
+                            "required": ["file", "source"],
+                            "properties": {
+                                "file": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$"},
+                                "source": {"type": "string", "maxLength": MAX_SCRIPT_BYTES}
+                            }
+                        },
+                        "env": {"type": "object", "propertyNames": env_name, "additionalProperties": {"type": "string", "maxLength": 8192}},
+                        "secrets": {"type": "object", "propertyNames": env_name, "additionalProperties": name()}
+                    }
+                })),
+                one("http", json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string", "pattern": "^https?://[^/\\s]", "maxLength": 2056},
+                        "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "POST"},
+                        "headers": {"type": "object", "propertyNames": header_name, "additionalProperties": {"type": "string", "maxLength": 8192}},
+                        "secrets": {"type": "object", "propertyNames": header_name, "additionalProperties": name()}
+                    }
+                })),
+                one("agent", json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["capability"],
+                    "properties": {"capability": {"type": "string", "pattern": "^\\S{1,120}$"}}
+                })),
+                one("builtin", json!({"enum": ["noop", "echo"]})),
+            ]},
+            "limits": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "timeout": {"type": "string", "pattern": SPAN, "default": "30s", "description": "Wall time, 10ms to 1h"},
+                    "cpu": {"type": "string", "pattern": SPAN, "description": "CPU time of a process tool, 1s to 1h; defaults to the timeout"},
+                    "memoryMb": {"type": "integer", "minimum": 16, "maximum": 65536, "default": 512},
+                    "outputBytes": {"type": "integer", "minimum": 1024, "maximum": Limits::MAX_OUTPUT_BYTES, "default": 65536}
+                }
+            }
+        }
+    })
+}
+
 /// The JSON Schema (2020-12) of one manifest kind.
 pub fn manifest_schema(kind: &str) -> Value {
     let mut metadata = json!({
@@ -122,6 +194,14 @@ pub fn manifest_schema(kind: &str) -> Value {
         "required": ["name"],
         "properties": {"name": name(), "org": name()}
     });
+    if kind == "Tool" {
+        metadata["properties"]["name"] = json!({
+            "type": "string",
+            "maxLength": 120,
+            "pattern": "^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-]*)*$",
+            "description": "Dot-separated lower-case words such as `payments.refund`"
+        });
+    }
     if kind != "Organization"
         && let Some(required) = metadata["required"].as_array_mut()
     {
@@ -174,4 +254,39 @@ pub fn export(dir: &Path) -> std::io::Result<Vec<String>> {
         written.push(full.display().to_string());
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use charter_domain::tool::CompiledSchema;
+
+    /// Every example manifest matches the schema exported for its kind.
+    #[test]
+    fn the_examples_match_the_exported_schemas() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/examples");
+        let mut files = crate::manifests::files(&examples).unwrap();
+        files.extend(crate::manifests::files(&examples.join("tools")).unwrap());
+        let mut seen = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for document in crate::manifests::documents(&text).unwrap() {
+                let kind = document["kind"].as_str().unwrap().to_owned();
+                let schema = CompiledSchema::compile(&manifest_schema(&kind)).unwrap();
+                if let Err(problems) = schema.check(&document) {
+                    panic!("{} ({kind}): {problems:?}", file.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "{seen}");
+        // And the schema refuses what the parser refuses.
+        let schema = CompiledSchema::compile(&manifest_schema("Tool")).unwrap();
+        let bad = serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "Tool",
+            "metadata": {"name": "Bad Name", "org": "acme"},
+            "spec": {"version": "1", "runtime": {"builtin": "noop"}}
+        });
+        assert!(schema.check(&bad).is_err());
+    }
 }

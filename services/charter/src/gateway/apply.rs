@@ -17,7 +17,7 @@ use charter_domain::Aggregate;
 use charter_domain::ids::Scoped;
 use charter_domain::manifest::{
     Manifest, ManifestError, parse_documents, plan_binding, plan_job_space, plan_organization,
-    plan_role, plan_subject,
+    plan_role, plan_subject, plan_tool,
 };
 use charter_domain::organization::{OrgCommand, Organization};
 use charter_domain::policy::{Policy, PolicyCommand};
@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::commands::{BindingIntent, Intent, SubjectIntent};
-use super::{ApiError, Caller, Gateway, Pending, Ready, Target};
+use charter_domain::tool::{Tool, ToolCommand};
+
+use super::commands::{BindingIntent, Intent, SubjectIntent, ToolIntent};
+use super::{ApiError, Caller, Gateway, Pending, Ready, Target, actor_of};
 
 /// What to do with the manifests.
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, utoipa::IntoParams)]
@@ -79,6 +81,7 @@ fn rank(manifest: &Manifest) -> u8 {
         Manifest::Role { .. } => 3,
         Manifest::Policy { .. } => 4,
         Manifest::RoleBinding { .. } => 5,
+        Manifest::Tool { .. } => 6,
     }
 }
 
@@ -90,6 +93,7 @@ enum Staged {
     Role(Role),
     Binding(RoleBinding),
     Policy(Policy),
+    Tool(Tool),
 }
 
 /// One object's plan.
@@ -195,6 +199,7 @@ impl Gateway {
 
         // Phase 1: plan, authorize, check, decide dry.
         let mut pending = Pending::default();
+        let actor = actor_of(caller);
         let mut orgs: HashMap<OrgName, (Organization, StreamVersion)> = HashMap::new();
         let mut plans: Vec<Planned> = Vec::new();
         let mut problems: Vec<ApiError> = Vec::new();
@@ -350,6 +355,30 @@ impl Gateway {
                         Staged::Policy(loaded.state),
                     )
                 }
+                Manifest::Tool { metadata, spec, .. } => {
+                    let id = Scoped::new(org.clone(), metadata.name.clone());
+                    let loaded = self
+                        .handler
+                        .load::<Tool>(&id)
+                        .await
+                        .map_err(|e| ApiError::from_error(&e))?;
+                    let intents = plan_tool(&loaded.state, spec, &actor)
+                        .into_iter()
+                        .filter_map(|c| match c {
+                            ToolCommand::Register { spec, .. } => {
+                                Some(Intent::Tool(id.clone(), ToolIntent::Register(spec)))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    (
+                        intents,
+                        loaded.state.0.is_some(),
+                        loaded.version,
+                        id.to_string(),
+                        Staged::Tool(loaded.state),
+                    )
+                }
             };
 
             // Unchanged objects are only read: the caller must be able to.
@@ -368,6 +397,7 @@ impl Gateway {
                         Target::new(&org, ResourceKind::RoleBinding, &name)
                     }
                     Manifest::Policy { .. } => Target::new(&org, ResourceKind::Policy, &name),
+                    Manifest::Tool { .. } => Target::new(&org, ResourceKind::Tool, &name),
                 };
                 self.authorize(caller, "get", &target).await?;
             }
@@ -384,7 +414,7 @@ impl Gateway {
                 });
                 self.settle(caller, verb, &target, verdict).await?;
                 let prepared = self.access.read_all(|authorizer, facts| {
-                    Self::prepare(authorizer, facts, &pending, intent, options.force)
+                    Self::prepare(authorizer, facts, &pending, intent, &actor, options.force)
                 });
                 let ready = match prepared {
                     Ok((ready, _)) => ready,
@@ -424,6 +454,11 @@ impl Gateway {
                 .map(|e| rejected(document, kind, &name, &e)),
                 Staged::Policy(mut state) => dry_all(&mut state, &readies, |r| match r {
                     Ready::Policy(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Tool(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Tool(id, c) => Some((id, c)),
                     _ => None,
                 })
                 .map(|e| rejected(document, kind, &name, &e)),

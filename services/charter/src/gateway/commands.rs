@@ -6,11 +6,13 @@
 
 use std::collections::BTreeSet;
 
+use charter_domain::Actor;
 use charter_domain::ids::{BindingName, JobSpaceName, PolicyName, RoleName, Scoped, SubjectName};
 use charter_domain::organization::{DisplayName, OrgCommand, Tags};
 use charter_domain::policy::PolicyCommand;
 use charter_domain::role::{BindingScope, BindingSpec, RoleCommand, RoleSpec, Rule, ToolPattern};
 use charter_domain::subject::{ApiKeyId, SubjectCommand, SubjectKind};
+use charter_domain::tool::{ToolCommand, ToolName, ToolSpec, ToolVersion};
 use charter_domain::{ErrorClass, OrgName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,8 +29,8 @@ pub struct CommandRequest {
     /// answers with the first outcome. Generated when omitted.
     #[serde(default)]
     pub command_id: Option<uuid::Uuid>,
-    /// `Organization`, `JobSpace`, `Subject`, `Role`, `RoleBinding` or
-    /// `Policy`.
+    /// `Organization`, `JobSpace`, `Subject`, `Role`, `RoleBinding`,
+    /// `Policy` or `Tool`.
     pub kind: String,
     /// The org the object lives in (for `Organization`, the org itself).
     pub org: String,
@@ -168,6 +170,56 @@ enum PolicyWire {
     Delete,
 }
 
+#[derive(Deserialize)]
+#[serde(
+    tag = "type",
+    content = "data",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+enum ToolWire {
+    Register {
+        spec: Box<ToolSpec>,
+    },
+    Approve {
+        version: ToolVersion,
+    },
+    Revoke {
+        version: ToolVersion,
+        reason: String,
+    },
+}
+
+/// A tool command before the gateway names who sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolIntent {
+    Register(Box<ToolSpec>),
+    Approve(ToolVersion),
+    Revoke(ToolVersion, String),
+}
+
+impl ToolIntent {
+    /// The aggregate's command, sent by `by`.
+    pub fn command(&self, by: &Actor) -> ToolCommand {
+        let by = by.clone();
+        match self {
+            Self::Register(spec) => ToolCommand::Register {
+                spec: spec.clone(),
+                by,
+            },
+            Self::Approve(version) => ToolCommand::Approve {
+                version: version.clone(),
+                by,
+            },
+            Self::Revoke(version, reason) => ToolCommand::Revoke {
+                version: version.clone(),
+                reason: reason.clone(),
+                by,
+            },
+        }
+    }
+}
+
 /// A subject command before the gateway fills in what only it may make.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubjectIntent {
@@ -190,6 +242,7 @@ pub enum Intent {
     Role(Scoped<RoleName>, RoleCommand),
     Binding(Scoped<BindingName>, BindingIntent),
     Policy(Scoped<PolicyName>, PolicyCommand),
+    Tool(Scoped<ToolName>, ToolIntent),
 }
 
 impl Intent {
@@ -200,6 +253,7 @@ impl Intent {
             Self::Role(id, _) => &id.org,
             Self::Binding(id, _) => &id.org,
             Self::Policy(id, _) => &id.org,
+            Self::Tool(id, _) => &id.org,
         }
     }
 
@@ -242,6 +296,11 @@ impl Intent {
             Self::Policy(_, c) => match c {
                 PolicyCommand::Publish { .. } => "Publish",
                 PolicyCommand::Delete => "Delete",
+            },
+            Self::Tool(_, c) => match c {
+                ToolIntent::Register(_) => "Register",
+                ToolIntent::Approve(_) => "Approve",
+                ToolIntent::Revoke(..) => "Revoke",
             },
         }
     }
@@ -412,12 +471,21 @@ pub fn parse(request: &CommandRequest) -> Result<Intent, ApiError> {
             };
             Intent::Policy(id, command)
         }
+        "Tool" => {
+            let id = Scoped::new(org, self::name(name)?);
+            let intent = match body::<ToolWire>(kind, &request.command)? {
+                ToolWire::Register { spec } => ToolIntent::Register(spec),
+                ToolWire::Approve { version } => ToolIntent::Approve(version),
+                ToolWire::Revoke { version, reason } => ToolIntent::Revoke(version, reason),
+            };
+            Intent::Tool(id, intent)
+        }
         other => {
             return Err(ApiError::new(
                 ErrorClass::InvalidInput,
                 "unknown_kind",
                 format!(
-                    "unknown kind `{}` (known: Organization, JobSpace, Subject, Role, RoleBinding, Policy)",
+                    "unknown kind `{}` (known: Organization, JobSpace, Subject, Role, RoleBinding, Policy, Tool)",
                     other.chars().take(60).collect::<String>()
                 ),
             ));
@@ -477,6 +545,16 @@ mod tests {
                 json!({"type": "Bind", "subject": "bob", "role": "viewer"}),
             ),
             request("Policy", Some("p"), json!({"type": "Delete"})),
+            request(
+                "Tool",
+                Some("text.count"),
+                json!({"type": "Register", "spec": {"version": "1", "runtime": {"builtin": "noop"}}}),
+            ),
+            request(
+                "Tool",
+                Some("text.count"),
+                json!({"type": "Approve", "version": "1"}),
+            ),
         ];
         for case in &cases {
             parse(case).unwrap_or_else(|e| panic!("{case:?}: {e:?}"));

@@ -39,7 +39,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::{AuthError, Authenticator, Principal};
-use commands::{BindingIntent, CommandRequest, Intent, SubjectIntent};
+use charter_domain::tool::{Tool, ToolCommand, ToolId};
+use commands::{BindingIntent, CommandRequest, Intent, SubjectIntent, ToolIntent};
 use views::DecisionView;
 
 /// Every API error: a class (the HTTP status), a stable code, a message
@@ -199,6 +200,7 @@ pub(crate) enum Ready {
     Role(charter_domain::role::RoleId, RoleCommand),
     Binding(charter_domain::role::BindingId, BindingCommand),
     Policy(PolicyId, PolicyCommand),
+    Tool(ToolId, ToolCommand),
 }
 
 /// What the kernel did with a ready command.
@@ -427,8 +429,7 @@ impl Gateway {
     }
 
     fn meta(&self, caller: &Caller, org: &OrgName, command_id: Option<uuid::Uuid>) -> CommandMeta {
-        let actor = Actor::parse(caller.principal.to_string()).unwrap_or_else(|_| Actor::system());
-        let mut meta = CommandMeta::new("", org.clone(), actor);
+        let mut meta = CommandMeta::new("", org.clone(), actor_of(caller));
         if let Some(id) = command_id {
             meta.command_id = CommandId::from_uuid(id);
         }
@@ -530,6 +531,15 @@ impl Gateway {
                     Target::new(&id.org, ResourceKind::Policy, id.name.as_str()),
                 )
             }
+            // A new version is something created; approving or revoking
+            // one is the approver's right.
+            Intent::Tool(id, intent) => (
+                match intent {
+                    ToolIntent::Register(_) => "create",
+                    ToolIntent::Approve(_) | ToolIntent::Revoke(..) => "approve",
+                },
+                Target::new(&id.org, ResourceKind::Tool, id.name.as_str()),
+            ),
         }
     }
 
@@ -541,6 +551,7 @@ impl Gateway {
         facts: &Facts,
         pending: &Pending,
         intent: &Intent,
+        actor: &Actor,
         force: bool,
     ) -> Result<(Ready, Option<String>), ApiError> {
         Ok(match intent {
@@ -632,6 +643,10 @@ impl Gateway {
                 }
                 (Ready::Policy(id.clone(), command.clone()), None)
             }
+            Intent::Tool(id, intent) => {
+                Self::org_exists(facts, pending, &id.org)?;
+                (Ready::Tool(id.clone(), intent.command(actor)), None)
+            }
         })
     }
 
@@ -705,6 +720,7 @@ impl Gateway {
             Ready::Role(id, c) => go::<Role>(h, id, c, meta, handling).await,
             Ready::Binding(id, c) => go::<RoleBinding>(h, id, c, meta, handling).await,
             Ready::Policy(id, c) => go::<Policy>(h, id, c, meta, handling).await,
+            Ready::Tool(id, c) => go::<Tool>(h, id, c, meta, handling).await,
         }
     }
 
@@ -725,8 +741,9 @@ impl Gateway {
             )
         });
         let decision = self.settle(caller, verb, &target, verdict).await?;
+        let actor = actor_of(caller);
         let (ready, api_key) = self.access.read_all(|authorizer, facts| {
-            Self::prepare(authorizer, facts, &pending, &intent, request.force)
+            Self::prepare(authorizer, facts, &pending, &intent, &actor, request.force)
         })?;
         let meta = self.meta(caller, intent.org(), request.command_id);
         let handling = Handling {
@@ -798,7 +815,13 @@ fn changes_access(ready: &Ready) -> bool {
             SubjectCommand::Create { .. } | SubjectCommand::SetDisplayName { .. }
         ),
         Ready::Role(..) | Ready::Binding(..) | Ready::Policy(..) => true,
+        Ready::Tool(..) => false,
     }
+}
+
+/// The actor a caller's commands are recorded under.
+pub(crate) fn actor_of(caller: &Caller) -> Actor {
+    Actor::parse(caller.principal.to_string()).unwrap_or_else(|_| Actor::system())
 }
 
 /// How a kind is named in messages.

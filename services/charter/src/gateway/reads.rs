@@ -9,7 +9,7 @@ use charter_domain::role::{Action, ResourceKind};
 use charter_domain::{ErrorClass, OrgName};
 use charter_projections::Document;
 use charter_projections::directory::{
-    AUDIT, BINDINGS, DENIALS, DIRECTORY, POLICIES, ROLES, SUBJECTS,
+    AUDIT, BINDINGS, DENIALS, DIRECTORY, POLICIES, ROLES, SUBJECTS, TOOLS,
 };
 use charter_projections::organizations::{COLLECTION as ORGS, PROJECTION as ORG_PROJECTION};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::views::{
     AuditEntryView, BindingView, DecisionView, JobSpaceView, OrgView, PolicyView, RoleView,
-    SubjectView,
+    SubjectView, ToolView,
 };
 use super::{ApiError, Caller, Gateway, Target};
 use crate::auth::Principal;
@@ -382,7 +382,7 @@ impl Gateway {
         make: impl Fn(&Document) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let org = parse_org(org)?;
-        if name.is_empty() || name.len() > 63 || name.contains(':') {
+        if name.is_empty() || name.len() > 120 || name.contains(':') {
             return Err(ApiError::not_found(super::kind_label(kind), name));
         }
         self.authorize(caller, "get", &Target::new(&org, kind, name))
@@ -498,6 +498,7 @@ pub fn collection(kind: ResourceKind) -> &'static str {
         ResourceKind::Subject => SUBJECTS,
         ResourceKind::Role => ROLES,
         ResourceKind::RoleBinding => BINDINGS,
+        ResourceKind::Tool => TOOLS,
         _ => POLICIES,
     }
 }
@@ -514,6 +515,9 @@ pub fn binding_item(doc: &Document) -> Result<BindingView, ApiError> {
 }
 pub fn policy_item(doc: &Document) -> Result<PolicyView, ApiError> {
     PolicyView::from_doc(&doc.doc, doc.position.0)
+}
+pub fn tool_item(doc: &Document) -> Result<ToolView, ApiError> {
+    ToolView::from_doc(&doc.doc, doc.position.0)
 }
 
 pub fn keep_subject(s: &SubjectView, f: &DirectoryFilter) -> bool {

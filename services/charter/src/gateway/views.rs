@@ -9,6 +9,7 @@ use charter_domain::organization::OrgState;
 use charter_domain::policy::PolicyState;
 use charter_domain::role::{BindingScope, BindingState, RoleState};
 use charter_domain::subject::SubjectState;
+use charter_domain::tool::ToolState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -109,6 +110,39 @@ pub struct PolicyView {
     pub policy_version: u32,
     /// The Cedar text in force.
     pub text: String,
+    pub meta: Meta,
+}
+
+/// One version of a tool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolVersionView {
+    pub version: String,
+    /// `pending` (cannot run until approved), `approved` or `revoked`.
+    pub status: String,
+    pub description: String,
+    /// `process`, `http`, `agent` or `builtin`.
+    pub runtime: String,
+    /// Cost units one call charges to a contract's budget.
+    pub cost: u32,
+    /// The version's whole spec, as registered (secrets appear by name
+    /// only).
+    #[schema(value_type = Object)]
+    pub spec: async_graphql::Json<Value>,
+    pub registered_by: String,
+    pub approved_by: Option<String>,
+    pub revoked_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolView {
+    pub org: String,
+    pub name: String,
+    /// The latest approved version: what a call without a version runs.
+    pub latest_approved: Option<String>,
+    /// In the order they were registered.
+    pub versions: Vec<ToolVersionView>,
     pub meta: Meta,
 }
 
@@ -321,6 +355,38 @@ impl PolicyView {
             name: state.name.to_string(),
             policy_version: state.version,
             text: state.text,
+            meta: meta(doc, position),
+        })
+    }
+}
+
+impl ToolView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: ToolState = state_of(doc)?;
+        let latest_approved = state
+            .runnable(None)
+            .ok()
+            .map(|v| v.spec.version.to_string());
+        let versions = state
+            .versions
+            .iter()
+            .map(|v| ToolVersionView {
+                version: v.spec.version.to_string(),
+                status: v.status.as_str().to_owned(),
+                description: v.spec.description.clone(),
+                runtime: v.spec.runtime.kind().to_owned(),
+                cost: v.spec.cost,
+                spec: async_graphql::Json(serde_json::to_value(&v.spec).unwrap_or(Value::Null)),
+                registered_by: v.registered_by.to_string(),
+                approved_by: v.approved_by.as_ref().map(ToString::to_string),
+                revoked_reason: v.revoked.clone(),
+            })
+            .collect();
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            latest_approved,
+            versions,
             meta: meta(doc, position),
         })
     }
