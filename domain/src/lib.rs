@@ -14,6 +14,7 @@ pub mod audit;
 pub mod authorize;
 mod compiled;
 pub mod error;
+pub mod expr;
 pub mod ids;
 pub mod manifest;
 pub mod organization;
@@ -24,6 +25,7 @@ pub mod subject;
 pub mod testing;
 pub mod tool;
 pub mod upcast;
+pub mod workflow;
 
 pub use aggregate::{Aggregate, DomainEvent, EventParts};
 pub use error::{ErrorClass, ErrorCode};
