@@ -512,16 +512,14 @@ pub fn validate(
                     problem(format!("{path}.approval.timeout"), "must be between 10ms and 30d".into());
                 }
             }
-            Some(NodeKind::Wait(wait)) => {
-                if wait > Span::from_secs(30 * 86_400) {
-                    problem(format!("{path}.wait"), "must be at most 30d".into());
-                }
+            Some(NodeKind::Wait(wait)) if wait > Span::from_secs(30 * 86_400) => {
+                problem(format!("{path}.wait"), "must be at most 30d".into());
             }
             Some(NodeKind::Job) => problem(
                 format!("{path}.job"),
                 "agent job nodes need agents and jobs, which Charter does not run yet; use a tool node".into(),
             ),
-            None => {}
+            Some(NodeKind::Wait(_)) | None => {}
         }
     }
 
