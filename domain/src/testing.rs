@@ -68,6 +68,11 @@ impl<A: Aggregate> Then<A> {
         }
     }
 
+    /// The decision itself, for assertions of another shape.
+    pub fn result(self) -> Result<Vec<A::Event>, A::Rejection> {
+        self.result
+    }
+
     /// Expects the command to change nothing.
     #[track_caller]
     pub fn then_nothing(self) {
