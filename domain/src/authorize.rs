@@ -49,6 +49,7 @@ struct Types {
     role: EntityTypeName,
     subject: EntityTypeName,
     resource: EntityTypeName,
+    tool: EntityTypeName,
     action: EntityTypeName,
 }
 
@@ -64,6 +65,7 @@ fn types() -> &'static Types {
             role: t("Charter::Role"),
             subject: t("Charter::Subject"),
             resource: t("Charter::Resource"),
+            tool: t("Charter::Tool"),
             action: t("Charter::Action"),
         }
     })
@@ -370,6 +372,7 @@ impl Authorizer {
         let evaluation = (|| {
             let (entities, principal, action, resource) =
                 self.request_entities(request, kind, resource_name)?;
+            let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             let cedar_request = Request::new(principal, action, resource, Context::empty(), None)
                 .map_err(|e| e.to_string())?;
             let permitted_by = if grants.is_empty() {
@@ -391,6 +394,101 @@ impl Authorizer {
             Ok((permitted_by, forbidden_by)) => decision(grants, permitted_by, forbidden_by),
             // A request the engine cannot evaluate is denied, never allowed
             // by accident.
+            Err(_) => AccessDecision {
+                allowed: false,
+                grants,
+                permitted_by: vec![],
+                forbidden_by: vec![],
+                denied_because: Some("policy_evaluation_failed"),
+            },
+        }
+    }
+
+    /// Decides whether a subject may call one version of a tool. Role
+    /// grants come from the roles' tool patterns; the org's `call`
+    /// policies see the tool as a `Charter::Tool` entity with its name and
+    /// version, in its org. A forbid always wins.
+    pub fn decide_call(
+        &self,
+        org: &OrgName,
+        subject: &SubjectName,
+        tool: &str,
+        version: &str,
+    ) -> AccessDecision {
+        let call = Action::parse("call").unwrap_or_else(|e| unreachable!("{e}"));
+        let request = AccessRequest {
+            org,
+            subject,
+            action: &call,
+            kind: ResourceKind::Tool,
+            job_space: None,
+        };
+        let verdict = |grants: Vec<Grant>, permitted_by: Vec<String>, forbidden_by: Vec<String>| {
+            let allowed = forbidden_by.is_empty() && (!grants.is_empty() || !permitted_by.is_empty());
+            AccessDecision {
+                allowed,
+                denied_because: (!allowed && forbidden_by.is_empty()).then_some("no_grant"),
+                grants,
+                permitted_by,
+                forbidden_by,
+            }
+        };
+        let kind = match self.grants.subject_grants(&request) {
+            Ok((kind, _)) => kind,
+            Err(reason) => {
+                return AccessDecision {
+                    allowed: false,
+                    grants: vec![],
+                    permitted_by: vec![],
+                    forbidden_by: vec![],
+                    denied_because: Some(match reason {
+                        DenyReason::UnknownSubject => "unknown_subject",
+                        DenyReason::SubjectDisabled => "subject_disabled",
+                        DenyReason::NoGrant => "no_grant",
+                    }),
+                };
+            }
+        };
+        let grants = self.grants.tool_grants(org, subject, tool, None);
+        let policies = self.action_policies(&request);
+        if grants.is_empty() && policies.permits.is_empty() {
+            return verdict(grants, vec![], vec![]);
+        }
+        if !grants.is_empty() && policies.forbids.is_empty() {
+            return verdict(grants, vec![], vec![]);
+        }
+        let evaluation = (|| {
+            let (mut entities, principal, action, _) =
+                self.request_entities(&request, kind, tool)?;
+            let t = types();
+            let resource = uid(&t.tool, &format!("{org}:{tool}"));
+            entities.push(
+                Entity::new(
+                    resource.clone(),
+                    HashMap::from([
+                        ("name".to_owned(), RestrictedExpression::new_string(tool.to_owned())),
+                        (
+                            "version".to_owned(),
+                            RestrictedExpression::new_string(version.to_owned()),
+                        ),
+                    ]),
+                    HashSet::from([uid(&t.org, org.as_str())]),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+            let cedar_request = Request::new(principal, action, resource, Context::empty(), None)
+                .map_err(|e| e.to_string())?;
+            let permitted_by = if grants.is_empty() {
+                self.matching(&policies.permits, &cedar_request, &entities)
+            } else {
+                vec![]
+            };
+            let forbidden_by = self.matching(&policies.forbids, &cedar_request, &entities);
+            Ok::<_, String>((permitted_by, forbidden_by))
+        })();
+        match evaluation {
+            Ok((permitted_by, forbidden_by)) => verdict(grants, permitted_by, forbidden_by),
             Err(_) => AccessDecision {
                 allowed: false,
                 grants,
@@ -427,7 +525,7 @@ impl Authorizer {
         request: &AccessRequest<'_>,
         kind: SubjectKind,
         resource_name: &str,
-    ) -> Result<(Entities, EntityUid, EntityUid, EntityUid), String> {
+    ) -> Result<(Vec<Entity>, EntityUid, EntityUid, EntityUid), String> {
         let t = types();
         let org = request.org.as_str();
         let org_uid = uid(&t.org, org);
@@ -488,7 +586,6 @@ impl Authorizer {
             )
             .map_err(|e| e.to_string())?,
         );
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let action = uid(&t.action, request.action.as_str());
         Ok((entities, principal, action, resource))
     }
@@ -598,6 +695,47 @@ mod tests {
             },
             "thing",
         )
+    }
+
+    #[test]
+    fn calls_are_granted_by_tool_patterns_and_policies_see_the_version() {
+        let mut authorizer = Authorizer::default();
+        subject(&mut authorizer, "acme", "bot", SubjectKind::Agent);
+        subject(&mut authorizer, "acme", "eve", SubjectKind::User);
+        let id = Scoped::new(org("acme"), RoleName::parse("admin").unwrap());
+        authorizer.apply_role(
+            &id,
+            &RoleEvent::Defined {
+                org: id.org.clone(),
+                name: id.name.clone(),
+                spec: RoleSpec {
+                    tools: ["text.*".parse().unwrap()].into(),
+                    ..RoleSpec::default()
+                },
+            },
+        );
+        bind(&mut authorizer, "acme", "bot");
+        let acme = org("acme");
+        let bot = SubjectName::parse("bot").unwrap();
+        let eve = SubjectName::parse("eve").unwrap();
+        let decision = authorizer.decide_call(&acme, &bot, "text.count", "1");
+        assert!(decision.allowed, "{decision:?}");
+        assert_eq!(decision.grants[0].role.as_str(), "admin");
+        assert!(!authorizer.decide_call(&acme, &bot, "payments.refund", "1").allowed);
+        assert!(!authorizer.decide_call(&acme, &eve, "text.count", "1").allowed);
+        publish(
+            &mut authorizer,
+            "acme",
+            "no-v2",
+            "@id(\"no-v2\")\nforbid(principal, action == Charter::Action::\"call\", resource)\nwhen { resource.name == \"text.count\" && resource.version == \"2\" };\n@id(\"eve-calls\")\npermit(principal == Charter::Subject::\"acme:eve\", action == Charter::Action::\"call\", resource);",
+        );
+        assert!(authorizer.decide_call(&acme, &bot, "text.count", "1").allowed);
+        let decision = authorizer.decide_call(&acme, &bot, "text.count", "2");
+        assert!(!decision.allowed);
+        assert_eq!(decision.forbidden_by.len(), 1, "{decision:?}");
+        let decision = authorizer.decide_call(&acme, &eve, "text.count", "1");
+        assert!(decision.allowed, "{decision:?}");
+        assert_eq!(decision.permitted_by.len(), 1);
     }
 
     fn world() -> Authorizer {
