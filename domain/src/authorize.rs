@@ -414,6 +414,7 @@ impl Authorizer {
         subject: &SubjectName,
         tool: &str,
         version: &str,
+        job_space: Option<&JobSpaceName>,
     ) -> AccessDecision {
         let call = Action::parse("call").unwrap_or_else(|e| unreachable!("{e}"));
         let request = AccessRequest {
@@ -421,10 +422,11 @@ impl Authorizer {
             subject,
             action: &call,
             kind: ResourceKind::Tool,
-            job_space: None,
+            job_space,
         };
         let verdict = |grants: Vec<Grant>, permitted_by: Vec<String>, forbidden_by: Vec<String>| {
-            let allowed = forbidden_by.is_empty() && (!grants.is_empty() || !permitted_by.is_empty());
+            let allowed =
+                forbidden_by.is_empty() && (!grants.is_empty() || !permitted_by.is_empty());
             AccessDecision {
                 allowed,
                 denied_because: (!allowed && forbidden_by.is_empty()).then_some("no_grant"),
@@ -449,7 +451,7 @@ impl Authorizer {
                 };
             }
         };
-        let grants = self.grants.tool_grants(org, subject, tool, None);
+        let grants = self.grants.tool_grants(org, subject, tool, job_space);
         let policies = self.action_policies(&request);
         if grants.is_empty() && policies.permits.is_empty() {
             return verdict(grants, vec![], vec![]);
@@ -466,7 +468,10 @@ impl Authorizer {
                 Entity::new(
                     resource.clone(),
                     HashMap::from([
-                        ("name".to_owned(), RestrictedExpression::new_string(tool.to_owned())),
+                        (
+                            "name".to_owned(),
+                            RestrictedExpression::new_string(tool.to_owned()),
+                        ),
                         (
                             "version".to_owned(),
                             RestrictedExpression::new_string(version.to_owned()),
@@ -718,22 +723,34 @@ mod tests {
         let acme = org("acme");
         let bot = SubjectName::parse("bot").unwrap();
         let eve = SubjectName::parse("eve").unwrap();
-        let decision = authorizer.decide_call(&acme, &bot, "text.count", "1");
+        let decision = authorizer.decide_call(&acme, &bot, "text.count", "1", None);
         assert!(decision.allowed, "{decision:?}");
         assert_eq!(decision.grants[0].role.as_str(), "admin");
-        assert!(!authorizer.decide_call(&acme, &bot, "payments.refund", "1").allowed);
-        assert!(!authorizer.decide_call(&acme, &eve, "text.count", "1").allowed);
+        assert!(
+            !authorizer
+                .decide_call(&acme, &bot, "payments.refund", "1", None)
+                .allowed
+        );
+        assert!(
+            !authorizer
+                .decide_call(&acme, &eve, "text.count", "1", None)
+                .allowed
+        );
         publish(
             &mut authorizer,
             "acme",
             "no-v2",
             "@id(\"no-v2\")\nforbid(principal, action == Charter::Action::\"call\", resource)\nwhen { resource.name == \"text.count\" && resource.version == \"2\" };\n@id(\"eve-calls\")\npermit(principal == Charter::Subject::\"acme:eve\", action == Charter::Action::\"call\", resource);",
         );
-        assert!(authorizer.decide_call(&acme, &bot, "text.count", "1").allowed);
-        let decision = authorizer.decide_call(&acme, &bot, "text.count", "2");
+        assert!(
+            authorizer
+                .decide_call(&acme, &bot, "text.count", "1", None)
+                .allowed
+        );
+        let decision = authorizer.decide_call(&acme, &bot, "text.count", "2", None);
         assert!(!decision.allowed);
         assert_eq!(decision.forbidden_by.len(), 1, "{decision:?}");
-        let decision = authorizer.decide_call(&acme, &eve, "text.count", "1");
+        let decision = authorizer.decide_call(&acme, &eve, "text.count", "1", None);
         assert!(decision.allowed, "{decision:?}");
         assert_eq!(decision.permitted_by.len(), 1);
     }

@@ -22,6 +22,7 @@ use crate::role::{
 };
 use crate::subject::{Subject, SubjectCommand, SubjectKind};
 use crate::tool::{Tool, ToolCommand, ToolName, ToolRejection, ToolSpec};
+use crate::workflow::{WorkflowName, WorkflowSpec};
 use crate::{ErrorClass, ErrorCode, OrgName};
 
 pub const API_VERSION: &str = "charter.dev/v1";
@@ -163,9 +164,15 @@ pub enum Manifest {
         metadata: Metadata<ToolName>,
         spec: Box<ToolSpec>,
     },
+    /// One version of a workflow.
+    Workflow {
+        api_version: String,
+        metadata: Metadata<WorkflowName>,
+        spec: Box<WorkflowSpec>,
+    },
 }
 
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Organization",
     "Subject",
     "Role",
@@ -173,6 +180,7 @@ pub const KINDS: [&str; 7] = [
     "JobSpace",
     "Policy",
     "Tool",
+    "Workflow",
 ];
 
 impl Manifest {
@@ -185,6 +193,7 @@ impl Manifest {
             Self::JobSpace { .. } => "JobSpace",
             Self::Policy { .. } => "Policy",
             Self::Tool { .. } => "Tool",
+            Self::Workflow { .. } => "Workflow",
         }
     }
 
@@ -198,6 +207,7 @@ impl Manifest {
             Self::JobSpace { metadata, .. } => metadata.org.as_ref(),
             Self::Policy { metadata, .. } => metadata.org.as_ref(),
             Self::Tool { metadata, .. } => metadata.org.as_ref(),
+            Self::Workflow { metadata, .. } => metadata.org.as_ref(),
         }
     }
 
@@ -211,6 +221,7 @@ impl Manifest {
             Self::JobSpace { metadata, .. } => metadata.name.as_str(),
             Self::Policy { metadata, .. } => metadata.name.as_str(),
             Self::Tool { metadata, .. } => metadata.name.as_str(),
+            Self::Workflow { metadata, .. } => metadata.name.as_str(),
         }
     }
 
@@ -222,7 +233,8 @@ impl Manifest {
             | Self::RoleBinding { api_version, .. }
             | Self::JobSpace { api_version, .. }
             | Self::Policy { api_version, .. }
-            | Self::Tool { api_version, .. } => api_version,
+            | Self::Tool { api_version, .. }
+            | Self::Workflow { api_version, .. } => api_version,
         }
     }
 }
@@ -288,6 +300,7 @@ fn parse_document(document: usize, value: &Value) -> Result<Manifest, ManifestEr
         Some("RoleBinding") => decode!(RoleBinding),
         Some("JobSpace") => decode!(JobSpace),
         Some("Tool") => decode!(Tool),
+        Some("Workflow") => decode!(Workflow),
         _ => decode!(Policy),
     };
     if manifest.api_version() != API_VERSION {
@@ -507,6 +520,9 @@ mod tests {
             json!({"apiVersion": "charter.dev/v1", "kind": "Tool",
                    "metadata": {"name": "payments.refund", "org": "acme"},
                    "spec": {"version": "1.0.0", "runtime": {"http": {"url": "https://pay.example/refund"}}}}),
+            json!({"apiVersion": "charter.dev/v1", "kind": "Workflow",
+                   "metadata": {"name": "refunds", "org": "acme"},
+                   "spec": {"version": "1", "nodes": [{"name": "refund", "tool": "payments.refund"}]}}),
         ];
         let manifests = parse_documents(&docs).unwrap();
         let kinds: Vec<_> = manifests.iter().map(Manifest::kind).collect();

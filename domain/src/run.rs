@@ -3,8 +3,8 @@
 //!
 //! [`Run`] is a state machine over the nodes of a [`RunPlan`]. Every
 //! command that changes a node also advances the run in the same decision
-//! ([`RunState::advance`]): nodes whose needs are done are skipped (a false
-//! `when`, a skipped need) or started (a tool call or sub-workflow is
+//! ([`RunState::advance`]): nodes whose needs are done (succeeded or
+//! skipped) are skipped (a false `when`) or started (a tool call or sub-workflow is
 //! scheduled for a worker, an approval is requested, a timer is set), within
 //! the run's concurrency; when every node is done the run completes, when
 //! one fails for good the run fails. Time comes in with the command (`now`,
@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::expr::Expression;
-use crate::ids::{Actor, InvalidName};
+use crate::ids::{Actor, InvalidName, JobSpaceName};
 use crate::tool::{ToolName, ToolVersion};
 use crate::workflow::{NodeKind, NodeName, NodeSpec, WorkflowName, WorkflowSpec};
 use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode, OrgName};
@@ -83,6 +83,9 @@ pub struct RunPlan {
     /// The run and node that started this one, for a sub-workflow.
     #[serde(default)]
     pub parent: Option<(RunId, NodeName)>,
+    /// The job space the run works in: its calls are authorized there.
+    #[serde(default)]
+    pub job_space: Option<JobSpaceName>,
 }
 
 /// Where a run stands.
@@ -117,7 +120,9 @@ impl RunStatus {
     rename_all_fields = "camelCase"
 )]
 pub enum NodeState {
-    /// Its needs are not done yet (or the run is at its concurrency).
+    /// Its needs are not done yet (or the run is at its concurrency). A
+    /// skipped need counts as done: a `when` can test
+    /// `nodes.x.status == 'skipped'`.
     Waiting,
     /// Ready for a worker from `due` on.
     Scheduled {
@@ -554,18 +559,6 @@ impl RunState {
                     .filter_map(|n| state.nodes.get(n))
                     .collect();
                 if !needs.iter().all(|s| s.is_done()) {
-                    continue;
-                }
-                if needs.iter().any(|s| matches!(s, NodeState::Skipped { .. })) {
-                    push(
-                        &mut state,
-                        &mut events,
-                        RunEvent::NodeSkipped {
-                            node: spec.name.clone(),
-                            reason: "a node it needs was skipped".into(),
-                        },
-                    );
-                    progressed = true;
                     continue;
                 }
                 let variables = (state.input.clone(), state.expression_nodes());

@@ -180,7 +180,8 @@ pub struct NodeSpec {
     pub name: NodeName,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<NodeName>,
-    /// A CEL condition; false skips the node (and what needs only it).
+    /// A CEL condition; false skips the node. What needs a skipped node
+    /// still runs (its `when` can test `nodes.x.status == 'skipped'`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     /// The node's input: a CEL expression per field.

@@ -1,5 +1,5 @@
 //! The `directory` projection: one document per subject, role, role
-//! binding, policy and tool, and the `audit` projection: one document per denied request.
+//! binding, policy, tool, workflow, workflow run and contract, and the `audit` projection: one document per denied request.
 //!
 //! Each document is `{"state": <the aggregate's state>, "version",
 //! "created_at", "updated_at"}`, folded with the aggregate's own `evolve`,
@@ -14,10 +14,13 @@ use async_trait::async_trait;
 use charter_commands::RecordedEvent;
 use charter_domain::Aggregate;
 use charter_domain::audit::AuditRecord;
+use charter_domain::contract::Contract;
 use charter_domain::policy::Policy;
 use charter_domain::role::{Role, RoleBinding};
+use charter_domain::run::Run;
 use charter_domain::subject::Subject;
 use charter_domain::tool::Tool;
+use charter_domain::workflow::Workflow;
 use serde_json::{Value, json};
 
 use crate::{Documents, ProjectionError, Projector};
@@ -30,6 +33,9 @@ pub const ROLES: &str = "roles";
 pub const BINDINGS: &str = "rolebindings";
 pub const POLICIES: &str = "policies";
 pub const TOOLS: &str = "tools";
+pub const WORKFLOWS: &str = "workflows";
+pub const RUNS: &str = "runs";
+pub const CONTRACTS: &str = "contracts";
 pub const DENIALS: &str = "denials";
 
 fn failed(
@@ -101,7 +107,8 @@ impl<A: Aggregate> Fold<A> {
     }
 }
 
-/// Subjects, roles, role bindings, policies and tools.
+/// Subjects, roles, role bindings, policies, tools, workflows, runs and
+/// contracts.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DirectoryProjector;
 
@@ -114,7 +121,14 @@ impl Projector for DirectoryProjector {
     fn wants(&self, event: &RecordedEvent) -> bool {
         matches!(
             event.aggregate_type.as_str(),
-            Subject::KIND | Role::KIND | RoleBinding::KIND | Policy::KIND | Tool::KIND
+            Subject::KIND
+                | Role::KIND
+                | RoleBinding::KIND
+                | Policy::KIND
+                | Tool::KIND
+                | Workflow::KIND
+                | Run::KIND
+                | Contract::KIND
         )
     }
 
@@ -129,6 +143,9 @@ impl Projector for DirectoryProjector {
             RoleBinding::KIND => Fold::<RoleBinding>::apply(DIRECTORY, BINDINGS, event, docs).await,
             Policy::KIND => Fold::<Policy>::apply(DIRECTORY, POLICIES, event, docs).await,
             Tool::KIND => Fold::<Tool>::apply(DIRECTORY, TOOLS, event, docs).await,
+            Workflow::KIND => Fold::<Workflow>::apply(DIRECTORY, WORKFLOWS, event, docs).await,
+            Run::KIND => Fold::<Run>::apply(DIRECTORY, RUNS, event, docs).await,
+            Contract::KIND => Fold::<Contract>::apply(DIRECTORY, CONTRACTS, event, docs).await,
             _ => Ok(()),
         }
     }
@@ -140,6 +157,9 @@ impl Projector for DirectoryProjector {
             RoleBinding::KIND => key_of::<RoleBinding>(event).map(|k| (BINDINGS, k)),
             Policy::KIND => key_of::<Policy>(event).map(|k| (POLICIES, k)),
             Tool::KIND => key_of::<Tool>(event).map(|k| (TOOLS, k)),
+            Workflow::KIND => key_of::<Workflow>(event).map(|k| (WORKFLOWS, k)),
+            Run::KIND => key_of::<Run>(event).map(|k| (RUNS, k)),
+            Contract::KIND => key_of::<Contract>(event).map(|k| (CONTRACTS, k)),
             _ => None,
         };
         read.into_iter().collect()

@@ -50,6 +50,7 @@ fn plan(nodes: Value, concurrency: u32) -> Box<RunPlan> {
         tools,
         workflows: BTreeMap::new(),
         parent: None,
+        job_space: None,
     })
 }
 
@@ -139,7 +140,7 @@ fn a_run_goes_through_a_tool_an_approval_and_a_timer() {
 }
 
 #[test]
-fn false_conditions_skip_and_skips_propagate() {
+fn false_conditions_skip_and_what_needs_a_skipped_node_still_runs() {
     let plan = plan(
         json!([
             {"name": "a", "tool": "t.a", "when": "input.go"},
@@ -153,7 +154,7 @@ fn false_conditions_skip_and_skips_propagate() {
         .then_expect_types();
     assert_eq!(
         events,
-        ["Started", "NodeSkipped", "NodeSkipped", "NodeScheduled"]
+        ["Started", "NodeSkipped", "NodeScheduled", "NodeScheduled"]
     );
 }
 

@@ -159,8 +159,34 @@ impl Application {
         let access_task = tokio::spawn(
             Arc::clone(&access).follow(Arc::clone(&self.store), wait_for_stop(stopped.clone())),
         );
+        let handler = CommandHandler::new(Arc::clone(&self.store));
+        let queue: Arc<dyn crate::engine::queue::TaskQueue> = match &self.config.nats_url {
+            Some(url) => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("charter-tasks")
+                    .retry_on_initial_connect()
+                    .max_reconnects(None)
+                    .connect(url.as_str())
+                    .await
+                    .with_context(|| format!("connecting to NATS at {url} for the task queue"))?;
+                let (stream, subject) = self.config.task_stream();
+                crate::engine::queue::JetStreamQueue::connect(client, &stream, &subject).await?
+            }
+            None => Arc::new(crate::engine::queue::InProcessQueue::default()),
+        };
+        let engine = Arc::new(crate::engine::Engine {
+            handler: handler.clone(),
+            access: Arc::clone(&access),
+            executor: Arc::new(charter_executor::Executor::new(Arc::new(
+                charter_executor::SecretDir(self.config.secrets_path()),
+            ))),
+            queue,
+            running: Arc::default(),
+            workers: self.config.workers,
+        });
+        let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());
         let gateway = Arc::new(Gateway {
-            handler: CommandHandler::new(Arc::clone(&self.store)),
+            handler,
             read_models: Arc::clone(&self.read_models),
             access,
             auth: Authenticator::new(self.signing_key.clone()),
@@ -213,6 +239,9 @@ impl Application {
         upkeep.abort();
         let _ = relay_task.await;
         let _ = access_task.await;
+        for task in engine_tasks {
+            let _ = task.await;
+        }
         for task in projection_tasks {
             let _ = task.await;
         }

@@ -53,6 +53,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Longest a read that asks for a position (read-your-writes) waits.
     pub read_wait_ms: u64,
+    /// Workflow nodes this process executes at once.
+    pub workers: usize,
+    /// Where tools' secrets are kept: `<secrets_dir>/<org>/<name>`, one
+    /// file per secret. Defaults to `<data_dir>/secrets`.
+    pub secrets_dir: Option<String>,
 }
 
 /// A value that must never reach a log: its `Debug` is redacted.
@@ -89,6 +94,8 @@ impl Default for Config {
             signing_key: None,
             max_body_bytes: 1024 * 1024,
             read_wait_ms: 2000,
+            workers: 32,
+            secrets_dir: None,
         }
     }
 }
@@ -124,6 +131,8 @@ const ENV_KEYS: &[&str] = &[
     "signing_key",
     "max_body_bytes",
     "read_wait_ms",
+    "workers",
+    "secrets_dir",
 ];
 
 /// Flags given on the command line; `None` leaves the lower layers alone.
@@ -251,7 +260,27 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes", "must be at least 1024".into());
         }
+        if self.workers == 0 || self.workers > 1024 {
+            return invalid("workers", "must be 1 to 1024".into());
+        }
         Ok(())
+    }
+
+    /// The folder tools' secrets are read from.
+    pub fn secrets_path(&self) -> std::path::PathBuf {
+        match &self.secrets_dir {
+            Some(dir) => dir.into(),
+            None => std::path::Path::new(&self.data_dir).join("secrets"),
+        }
+    }
+
+    /// The task queue's JetStream stream and subject, beside the events'.
+    pub fn task_stream(&self) -> (String, String) {
+        let subject = match self.nats_subject_prefix.strip_suffix(".events") {
+            Some(base) => format!("{base}.tasks"),
+            None => format!("{}-tasks", self.nats_subject_prefix),
+        };
+        (format!("{}_TASKS", self.nats_stream), subject)
     }
 
     pub fn listen_addr(&self) -> Option<SocketAddr> {

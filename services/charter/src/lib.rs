@@ -17,6 +17,7 @@ pub mod bench_commands;
 pub mod bench_policy;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod events_cli;
 pub mod gateway;
 pub mod graphql;
@@ -25,6 +26,7 @@ pub mod manifests;
 pub mod rest;
 pub mod schemas;
 pub mod telemetry;
+pub mod watch;
 
 pub use app::Application;
 pub use config::Config;

@@ -121,6 +121,7 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/examples");
         let mut manifests = read(&examples.join("tools")).unwrap();
         assert!(manifests.len() >= 3, "the tool examples are there");
+        manifests.extend(read(&examples.join("workflows")).unwrap());
         manifests.extend(read(&examples).unwrap_or_else(|errors| {
             panic!(
                 "{}",

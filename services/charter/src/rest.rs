@@ -23,9 +23,11 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::gateway::apply::{ApplyItem, ApplyOptions, ApplyReport};
 use crate::gateway::commands::CommandRequest;
 use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, Page, PageArgs};
+use crate::gateway::runs::{RunChanged, RunStarted, StartRunRequest};
 use crate::gateway::views::{
-    AuditEntryView, BindingView, DecisionView, GrantView, JobSpaceView, Meta, OrgView, PolicyView,
-    RoleView, RuleView, SubjectView, Tag, ToolVersionView, ToolView,
+    AllowedTool, AuditEntryView, BindingView, ContractView, DecisionView, FailureView, GrantView,
+    JobSpaceView, Meta, NodeView, OrgView, PolicyView, RoleView, RuleView, RunView, SubjectView,
+    Tag, ToolVersionView, ToolView, TraceEventView, WorkflowVersionView, WorkflowView,
 };
 use crate::gateway::{ApiError, Caller, CommandReport, Gateway};
 use crate::http::Problem;
@@ -88,18 +90,22 @@ impl Modify for Security {
     info(
         title = "Charter API",
         version = "1",
-        description = "Organizations, subjects, roles, role bindings, job spaces, policies and tools: declared by manifests or changed by commands, every request authorized."
+        description = "Organizations, subjects, roles, role bindings, job spaces, policies, tools and workflows: declared by manifests or changed by commands, every request authorized."
     ),
     paths(
         apply, submit_command, whoami, list_orgs, get_org, list_job_spaces,
         list_subjects, get_subject, list_roles, get_role, list_bindings, get_binding,
         list_policies, get_policy, list_tools, get_tool, approve_tool, revoke_tool,
+        list_workflows, get_workflow, start_run, list_runs, get_run, cancel_run,
+        approve_node, reject_node, run_events, run_contract,
         audit_log, check_access
     ),
     components(schemas(
         ProblemDocument, WhoAmI, ApplyReport, ApplyItem, CommandRequest, CommandReport,
         OrgView, JobSpaceView, SubjectView, RoleView, RuleView, BindingView, PolicyView,
-        ToolView, ToolVersionView, RevokeRequest,
+        ToolView, ToolVersionView, RevokeRequest, WorkflowView, WorkflowVersionView,
+        RunView, NodeView, FailureView, ContractView, AllowedTool, TraceEventView,
+        StartRunRequest, RunStarted, RunChanged, Remark,
         AuditEntryView, DecisionView, GrantView, Meta, Tag, AccessQuestion
     )),
     modifiers(&Security),
@@ -300,6 +306,9 @@ async fn list_job_spaces(
 
 macro_rules! directory_endpoints {
     ($list:ident, $get:ident, $segment:literal, $kind:expr, $view:ty, $make:path, $keep:path, $what:literal) => {
+        directory_endpoints!($list, $get, $segment, $kind, $view, name, $make, $keep, $what);
+    };
+    ($list:ident, $get:ident, $segment:literal, $kind:expr, $view:ty, $field:ident, $make:path, $keep:path, $what:literal) => {
         #[doc = concat!("An org's ", $what, ", filtered and paged.")]
         #[utoipa::path(get, path = concat!("/v1/orgs/{org}/", $segment), tag = "charter",
             params(("org" = String, Path), DirectoryFilter, PageArgs),
@@ -314,7 +323,7 @@ macro_rules! directory_endpoints {
         ) -> Answer {
             let caller = caller(&gateway, &headers, concat!("GET /v1/orgs/{org}/", $segment))?;
             let page = gateway
-                .list_directory(&caller, &org, $kind, &filter, &page, $make, $keep, |v: &$view| v.name.clone())
+                .list_directory(&caller, &org, $kind, &filter, &page, $make, $keep, |v: &$view| v.$field.clone())
                 .await?;
             Ok(json(&page))
         }
@@ -464,6 +473,241 @@ async fn revoke_tool(
     Ok(json(&gateway.submit(&caller, &request).await?))
 }
 
+directory_endpoints!(
+    list_workflows,
+    get_workflow,
+    "workflows",
+    ResourceKind::Workflow,
+    WorkflowView,
+    reads::workflow_item,
+    reads::keep_any,
+    "workflows"
+);
+
+directory_endpoints!(
+    list_runs,
+    get_run,
+    "runs",
+    ResourceKind::WorkflowRun,
+    RunView,
+    id,
+    reads::run_item,
+    reads::keep_run,
+    "workflow runs"
+);
+
+/// Start a run of a workflow (needs `run` on `WorkflowRun` named after the
+/// workflow). Its contract is issued first.
+#[utoipa::path(post, path = "/v1/orgs/{org}/workflows/{name}/runs", tag = "charter",
+    params(("org" = String, Path), ("name" = String, Path)),
+    request_body = StartRunRequest,
+    responses((status = 200, body = RunStarted), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 409, body = ProblemDocument), (status = 422, body = ProblemDocument)))]
+async fn start_run(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let caller = caller(
+        &gateway,
+        &headers,
+        "POST /v1/orgs/{org}/workflows/{name}/runs",
+    )?;
+    let body = body_bytes(body)?;
+    let request: StartRunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRunRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    Ok(json(
+        &gateway
+            .start_workflow_run(&caller, &org, &name, &request)
+            .await?,
+    ))
+}
+
+/// Why a run is cancelled, or what an approver says.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Remark {
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn remark(body: Result<Bytes, BytesRejection>) -> Result<Remark, Problem> {
+    let body = body_bytes(body)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Remark::default())
+    } else {
+        parse_json(&body)
+    }
+}
+
+/// Cancel a run (needs `cancel` on its workflow); its running tools stop.
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/cancel", tag = "charter",
+    params(("org" = String, Path), ("id" = String, Path)),
+    request_body = Remark,
+    responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 409, body = ProblemDocument)))]
+async fn cancel_run(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let caller = caller(&gateway, &headers, "POST /v1/orgs/{org}/runs/{id}/cancel")?;
+    let remark = remark(body)?;
+    let reason = remark.reason.unwrap_or_default();
+    Ok(json(
+        &gateway.cancel_run(&caller, &org, &id, &reason).await?,
+    ))
+}
+
+/// Approve an approval node (needs `approve` on the run's workflow).
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/nodes/{node}/approve", tag = "charter",
+    params(("org" = String, Path), ("id" = String, Path), ("node" = String, Path)),
+    request_body = Remark,
+    responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 409, body = ProblemDocument)))]
+async fn approve_node(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, id, node)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let caller = caller(
+        &gateway,
+        &headers,
+        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/approve",
+    )?;
+    let comment = remark(body)?.comment.unwrap_or_default();
+    Ok(json(
+        &gateway
+            .answer_approval(&caller, &org, &id, &node, true, &comment)
+            .await?,
+    ))
+}
+
+/// Reject an approval node: the run fails (needs `approve`).
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/nodes/{node}/reject", tag = "charter",
+    params(("org" = String, Path), ("id" = String, Path), ("node" = String, Path)),
+    request_body = Remark,
+    responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument),
+              (status = 409, body = ProblemDocument)))]
+async fn reject_node(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, id, node)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let caller = caller(
+        &gateway,
+        &headers,
+        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/reject",
+    )?;
+    let comment = remark(body)?.comment.unwrap_or_default();
+    Ok(json(
+        &gateway
+            .answer_approval(&caller, &org, &id, &node, false, &comment)
+            .await?,
+    ))
+}
+
+/// Where a trace read starts, and how long it may wait.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct TraceQuery {
+    /// Events after this stream version (0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (1 to 1000, default 500).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// When nothing is there yet, wait up to this long (at most 30000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A run's execution trace: its events, oldest first.
+#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{name}/events", tag = "charter",
+    params(("org" = String, Path), ("id" = String, Path), TraceQuery),
+    responses((status = 200, body = Vec<TraceEventView>), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument)))]
+async fn run_events(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+    Query(query): Query<TraceQuery>,
+) -> Answer {
+    let caller = caller(&gateway, &headers, "GET /v1/orgs/{org}/runs/{id}/events")?;
+    Ok(json(
+        &gateway
+            .run_trace(
+                &caller,
+                &org,
+                &id,
+                query.after,
+                query.limit.unwrap_or(500),
+                std::time::Duration::from_millis(query.wait_ms.unwrap_or(0)),
+            )
+            .await?,
+    ))
+}
+
+/// A run's contract: what it may call, its budgets and what it used.
+#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{name}/contract", tag = "charter",
+    params(("org" = String, Path), ("id" = String, Path), AtPosition),
+    responses((status = 200, body = ContractView), (status = 401, body = ProblemDocument),
+              (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument)))]
+async fn run_contract(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+    Query(at): Query<AtPosition>,
+) -> Answer {
+    let caller = caller(&gateway, &headers, "GET /v1/orgs/{org}/runs/{id}/contract")?;
+    Ok(json(
+        &gateway
+            .run_contract(&caller, &org, &id, at.min_position)
+            .await?,
+    ))
+}
+
+/// A run's live trace over a WebSocket: every event already recorded, then
+/// each new one as it happens, one JSON text message each; the socket
+/// closes after the run's last event. The credential may come as
+/// `?token=` for clients that cannot set headers.
+async fn watch_run(
+    State(gateway): State<Shared>,
+    mut headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+    Query(token): Query<WatchToken>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Answer {
+    if let Some(token) = token.token
+        && !headers.contains_key(header::AUTHORIZATION)
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    let caller = caller(&gateway, &headers, "GET /v1/orgs/{org}/runs/{id}/watch")?;
+    let run = gateway.watchable_run(&caller, &org, &id).await?;
+    Ok(upgrade.on_upgrade(move |socket| crate::watch::stream_run(gateway, run, socket)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WatchToken {
+    token: Option<String>,
+}
+
 /// An org's denied requests (needs `list` on `AuditLog`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit", tag = "charter",
     params(("org" = String, Path), PageArgs),
@@ -532,6 +776,23 @@ pub fn router(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {
             "/v1/orgs/{org}/tools/{name}/versions/{version}/revoke",
             post(revoke_tool),
         )
+        .route("/v1/orgs/{org}/workflows", get(list_workflows))
+        .route("/v1/orgs/{org}/workflows/{name}", get(get_workflow))
+        .route("/v1/orgs/{org}/workflows/{name}/runs", post(start_run))
+        .route("/v1/orgs/{org}/runs", get(list_runs))
+        .route("/v1/orgs/{org}/runs/{name}", get(get_run))
+        .route("/v1/orgs/{org}/runs/{name}/cancel", post(cancel_run))
+        .route(
+            "/v1/orgs/{org}/runs/{name}/nodes/{node}/approve",
+            post(approve_node),
+        )
+        .route(
+            "/v1/orgs/{org}/runs/{name}/nodes/{node}/reject",
+            post(reject_node),
+        )
+        .route("/v1/orgs/{org}/runs/{name}/events", get(run_events))
+        .route("/v1/orgs/{org}/runs/{name}/contract", get(run_contract))
+        .route("/v1/orgs/{org}/runs/{name}/watch", get(watch_run))
         .route("/v1/orgs/{org}/audit", get(audit_log))
         .route("/v1/check-access", post(check_access))
         .route("/openapi.json", get(openapi))

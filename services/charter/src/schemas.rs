@@ -8,10 +8,12 @@
 
 use std::path::Path;
 
+use charter_domain::expr::MAX_EXPRESSION_BYTES;
 use charter_domain::manifest::{API_VERSION, KINDS, MAX_POLICY_BYTES};
 use charter_domain::policy::ACTIONS;
 use charter_domain::role::ResourceKind;
 use charter_domain::tool::{Limits, MAX_COST, MAX_SCRIPT_BYTES};
+use charter_domain::workflow::MAX_NODES;
 use serde_json::{Value, json};
 
 /// RFC 1123 labels, as `check_dns_label` accepts them.
@@ -102,6 +104,7 @@ fn spec_of(kind: &str) -> Value {
             "properties": {"displayName": display_name()}
         }),
         "Tool" => tool_spec(),
+        "Workflow" => workflow_spec(),
         _ => json!({
             "type": "object",
             "additionalProperties": false,
@@ -181,6 +184,84 @@ fn tool_spec() -> Value {
                     "memoryMb": {"type": "integer", "minimum": 16, "maximum": 65536, "default": 512},
                     "outputBytes": {"type": "integer", "minimum": 1024, "maximum": Limits::MAX_OUTPUT_BYTES, "default": 65536}
                 }
+            }
+        }
+    })
+}
+
+fn workflow_spec() -> Value {
+    let cel = |what: &str| json!({"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_BYTES, "description": what});
+    let node_name = json!({"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"});
+    let version = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$"});
+    let node = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name"],
+        "properties": {
+            "name": node_name,
+            "needs": {"type": "array", "uniqueItems": true, "items": node_name},
+            "when": cel("A CEL condition; false skips the node"),
+            "input": {"type": "object", "additionalProperties": cel("A CEL expression for one input field")},
+            "tool": {"type": "string", "maxLength": 120},
+            "version": version,
+            "workflow": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["name"],
+                "properties": {"name": name(), "version": version}
+            },
+            "approval": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "message": {"type": "string", "maxLength": 1000},
+                    "timeout": {"type": "string", "pattern": SPAN, "default": "1d"}
+                }
+            },
+            "wait": {"type": "string", "pattern": SPAN},
+            "job": {"description": "Agent jobs are not available yet; a definition using one is refused"},
+            "retry": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "attempts": {"type": "integer", "minimum": 1, "maximum": 20, "default": 1},
+                    "backoff": {"type": "string", "pattern": SPAN, "default": "1s"},
+                    "maxBackoff": {"type": "string", "pattern": SPAN, "default": "1m"},
+                    "nonRetryable": {"type": "array", "uniqueItems": true, "items": {"type": "string"}}
+                }
+            },
+            "timeout": {"type": "string", "pattern": SPAN}
+        },
+        "oneOf": [
+            {"required": ["tool"]}, {"required": ["workflow"]}, {"required": ["approval"]},
+            {"required": ["wait"]}, {"required": ["job"]}
+        ]
+    });
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["version", "nodes"],
+        "properties": {
+            "version": version,
+            "description": {"type": "string", "maxLength": 2000},
+            "input": {"type": ["object", "boolean"], "description": "The JSON Schema a run's input must match", "default": {}},
+            "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
+            "budget": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "calls": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1000},
+                    "cost": {"type": "integer", "minimum": 0},
+                    "wallTime": {"type": "string", "pattern": SPAN, "default": "1d"}
+                }
+            },
+            "scopes": {"type": "array", "uniqueItems": true, "items": {"type": "string", "pattern": "^\\S{1,100}$"}},
+            "output": cel("A CEL expression for the run's output over `input` and `nodes`"),
+            "nodes": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_NODES,
+                "items": node
             }
         }
     })
@@ -267,6 +348,7 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/examples");
         let mut files = crate::manifests::files(&examples).unwrap();
         files.extend(crate::manifests::files(&examples.join("tools")).unwrap());
+        files.extend(crate::manifests::files(&examples.join("workflows")).unwrap());
         let mut seen = 0;
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use charter_domain::tool::{Tool, ToolCommand};
+use charter_domain::workflow::Workflow;
 
 use super::commands::{BindingIntent, Intent, SubjectIntent, ToolIntent};
 use super::{ApiError, Caller, Gateway, Pending, Ready, Target, actor_of};
@@ -82,6 +83,7 @@ fn rank(manifest: &Manifest) -> u8 {
         Manifest::Policy { .. } => 4,
         Manifest::RoleBinding { .. } => 5,
         Manifest::Tool { .. } => 6,
+        Manifest::Workflow { .. } => 7,
     }
 }
 
@@ -94,6 +96,7 @@ enum Staged {
     Binding(RoleBinding),
     Policy(Policy),
     Tool(Tool),
+    Workflow(Workflow),
 }
 
 /// One object's plan.
@@ -379,6 +382,38 @@ impl Gateway {
                         Staged::Tool(loaded.state),
                     )
                 }
+                Manifest::Workflow { metadata, spec, .. } => {
+                    let id = Scoped::new(org.clone(), metadata.name.clone());
+                    let loaded = self
+                        .handler
+                        .load::<Workflow>(&id)
+                        .await
+                        .map_err(|e| ApiError::from_error(&e))?;
+                    let registered = loaded
+                        .state
+                        .0
+                        .as_ref()
+                        .and_then(|w| w.version(Some(&spec.version)))
+                        .is_some_and(|v| v.spec == **spec);
+                    let intents = if registered {
+                        vec![]
+                    } else {
+                        if let Err(mut error) = self.check_workflow(&id, spec).await {
+                            error.message =
+                                format!("document {document} ({kind} `{name}`): {}", error.message);
+                            problems.push(error);
+                            continue;
+                        }
+                        vec![Intent::Workflow(id.clone(), spec.clone())]
+                    };
+                    (
+                        intents,
+                        loaded.state.0.is_some(),
+                        loaded.version,
+                        id.to_string(),
+                        Staged::Workflow(loaded.state),
+                    )
+                }
             };
 
             // Unchanged objects are only read: the caller must be able to.
@@ -398,6 +433,7 @@ impl Gateway {
                     }
                     Manifest::Policy { .. } => Target::new(&org, ResourceKind::Policy, &name),
                     Manifest::Tool { .. } => Target::new(&org, ResourceKind::Tool, &name),
+                    Manifest::Workflow { .. } => Target::new(&org, ResourceKind::Workflow, &name),
                 };
                 self.authorize(caller, "get", &target).await?;
             }
@@ -459,6 +495,11 @@ impl Gateway {
                 .map(|e| rejected(document, kind, &name, &e)),
                 Staged::Tool(mut state) => dry_all(&mut state, &readies, |r| match r {
                     Ready::Tool(id, c) => Some((id, c)),
+                    _ => None,
+                })
+                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Workflow(mut state) => dry_all(&mut state, &readies, |r| match r {
+                    Ready::Workflow(id, c) => Some((id, c)),
                     _ => None,
                 })
                 .map(|e| rejected(document, kind, &name, &e)),

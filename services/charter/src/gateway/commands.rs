@@ -13,6 +13,7 @@ use charter_domain::policy::PolicyCommand;
 use charter_domain::role::{BindingScope, BindingSpec, RoleCommand, RoleSpec, Rule, ToolPattern};
 use charter_domain::subject::{ApiKeyId, SubjectCommand, SubjectKind};
 use charter_domain::tool::{ToolCommand, ToolName, ToolSpec, ToolVersion};
+use charter_domain::workflow::{WorkflowName, WorkflowSpec};
 use charter_domain::{ErrorClass, OrgName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ pub struct CommandRequest {
     #[serde(default)]
     pub command_id: Option<uuid::Uuid>,
     /// `Organization`, `JobSpace`, `Subject`, `Role`, `RoleBinding`,
-    /// `Policy` or `Tool`.
+    /// `Policy`, `Tool` or `Workflow`.
     pub kind: String,
     /// The org the object lives in (for `Organization`, the org itself).
     pub org: String,
@@ -190,6 +191,17 @@ enum ToolWire {
     },
 }
 
+#[derive(Deserialize)]
+#[serde(
+    tag = "type",
+    content = "data",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+enum WorkflowWire {
+    Register { spec: Box<WorkflowSpec> },
+}
+
 /// A tool command before the gateway names who sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolIntent {
@@ -243,6 +255,8 @@ pub enum Intent {
     Binding(Scoped<BindingName>, BindingIntent),
     Policy(Scoped<PolicyName>, PolicyCommand),
     Tool(Scoped<ToolName>, ToolIntent),
+    /// Registers a workflow version (checked whole before it is stored).
+    Workflow(Scoped<WorkflowName>, Box<WorkflowSpec>),
 }
 
 impl Intent {
@@ -254,6 +268,7 @@ impl Intent {
             Self::Binding(id, _) => &id.org,
             Self::Policy(id, _) => &id.org,
             Self::Tool(id, _) => &id.org,
+            Self::Workflow(id, _) => &id.org,
         }
     }
 
@@ -302,6 +317,7 @@ impl Intent {
                 ToolIntent::Approve(_) => "Approve",
                 ToolIntent::Revoke(..) => "Revoke",
             },
+            Self::Workflow(..) => "Register",
         }
     }
 }
@@ -480,12 +496,17 @@ pub fn parse(request: &CommandRequest) -> Result<Intent, ApiError> {
             };
             Intent::Tool(id, intent)
         }
+        "Workflow" => {
+            let id = Scoped::new(org, self::name(name)?);
+            let WorkflowWire::Register { spec } = body::<WorkflowWire>(kind, &request.command)?;
+            Intent::Workflow(id, spec)
+        }
         other => {
             return Err(ApiError::new(
                 ErrorClass::InvalidInput,
                 "unknown_kind",
                 format!(
-                    "unknown kind `{}` (known: Organization, JobSpace, Subject, Role, RoleBinding, Policy, Tool)",
+                    "unknown kind `{}` (known: Organization, JobSpace, Subject, Role, RoleBinding, Policy, Tool, Workflow)",
                     other.chars().take(60).collect::<String>()
                 ),
             ));

@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod commands;
 pub mod reads;
+pub mod runs;
 pub mod views;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{AuthError, Authenticator, Principal};
 use charter_domain::tool::{Tool, ToolCommand, ToolId};
+use charter_domain::workflow::{Workflow, WorkflowCommand, WorkflowId};
 use commands::{BindingIntent, CommandRequest, Intent, SubjectIntent, ToolIntent};
 use views::DecisionView;
 
@@ -98,6 +100,12 @@ impl ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+impl From<charter_commands::StoreError> for ApiError {
+    fn from(error: charter_commands::StoreError) -> Self {
+        Self::from_error(&error)
     }
 }
 
@@ -201,6 +209,7 @@ pub(crate) enum Ready {
     Binding(charter_domain::role::BindingId, BindingCommand),
     Policy(PolicyId, PolicyCommand),
     Tool(ToolId, ToolCommand),
+    Workflow(WorkflowId, WorkflowCommand),
 }
 
 /// What the kernel did with a ready command.
@@ -540,6 +549,10 @@ impl Gateway {
                 },
                 Target::new(&id.org, ResourceKind::Tool, id.name.as_str()),
             ),
+            Intent::Workflow(id, _) => (
+                "create",
+                Target::new(&id.org, ResourceKind::Workflow, id.name.as_str()),
+            ),
         }
     }
 
@@ -647,6 +660,19 @@ impl Gateway {
                 Self::org_exists(facts, pending, &id.org)?;
                 (Ready::Tool(id.clone(), intent.command(actor)), None)
             }
+            Intent::Workflow(id, spec) => {
+                Self::org_exists(facts, pending, &id.org)?;
+                (
+                    Ready::Workflow(
+                        id.clone(),
+                        WorkflowCommand::Register {
+                            spec: spec.clone(),
+                            by: actor.clone(),
+                        },
+                    ),
+                    None,
+                )
+            }
         })
     }
 
@@ -721,6 +747,7 @@ impl Gateway {
             Ready::Binding(id, c) => go::<RoleBinding>(h, id, c, meta, handling).await,
             Ready::Policy(id, c) => go::<Policy>(h, id, c, meta, handling).await,
             Ready::Tool(id, c) => go::<Tool>(h, id, c, meta, handling).await,
+            Ready::Workflow(id, c) => go::<Workflow>(h, id, c, meta, handling).await,
         }
     }
 
@@ -741,6 +768,9 @@ impl Gateway {
             )
         });
         let decision = self.settle(caller, verb, &target, verdict).await?;
+        if let Intent::Workflow(id, spec) = &intent {
+            self.check_workflow(id, spec).await?;
+        }
         let actor = actor_of(caller);
         let (ready, api_key) = self.access.read_all(|authorizer, facts| {
             Self::prepare(authorizer, facts, &pending, &intent, &actor, request.force)
@@ -767,6 +797,70 @@ impl Gateway {
             // A repeated command made no key: the first answer had it.
             api_key: if ran.duplicate { None } else { api_key },
             decision,
+        })
+    }
+
+    /// Checks a workflow definition whole against what it refers to;
+    /// every problem is reported, with its path.
+    pub(crate) async fn check_workflow(
+        &self,
+        id: &WorkflowId,
+        spec: &charter_domain::workflow::WorkflowSpec,
+    ) -> Result<(), ApiError> {
+        use charter_domain::workflow::{Known, NodeKind, validate};
+        let mut known = Known::default();
+        for node in &spec.nodes {
+            match node.kind() {
+                Some(NodeKind::Tool(name, _)) if !known.tools.contains_key(name) => {
+                    let tool = self
+                        .handler
+                        .load::<Tool>(&charter_domain::ids::Scoped::new(
+                            id.org.clone(),
+                            name.clone(),
+                        ))
+                        .await?;
+                    if let Some(state) = tool.state.0 {
+                        known.tools.insert(name.clone(), state);
+                    }
+                }
+                Some(NodeKind::Workflow(sub)) if !known.workflows.contains_key(&sub.name) => {
+                    let flow = self
+                        .handler
+                        .load::<Workflow>(&charter_domain::ids::Scoped::new(
+                            id.org.clone(),
+                            sub.name.clone(),
+                        ))
+                        .await?;
+                    if let Some(state) = flow.state.0 {
+                        known.workflows.insert(
+                            sub.name.clone(),
+                            state
+                                .versions
+                                .iter()
+                                .map(|v| v.spec.version.clone())
+                                .collect(),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        validate(&id.name, spec, &known).map_err(|problems| {
+            ApiError::new(
+                ErrorClass::InvalidInput,
+                "invalid_workflow",
+                format!(
+                    "the workflow `{}` has {} problem(s): {}",
+                    id.name,
+                    problems.len(),
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )
+            .with_details(serde_json::json!({ "problems": problems }))
         })
     }
 
@@ -815,7 +909,7 @@ fn changes_access(ready: &Ready) -> bool {
             SubjectCommand::Create { .. } | SubjectCommand::SetDisplayName { .. }
         ),
         Ready::Role(..) | Ready::Binding(..) | Ready::Policy(..) => true,
-        Ready::Tool(..) => false,
+        Ready::Tool(..) | Ready::Workflow(..) => false,
     }
 }
 

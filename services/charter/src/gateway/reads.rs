@@ -9,7 +9,7 @@ use charter_domain::role::{Action, ResourceKind};
 use charter_domain::{ErrorClass, OrgName};
 use charter_projections::Document;
 use charter_projections::directory::{
-    AUDIT, BINDINGS, DENIALS, DIRECTORY, POLICIES, ROLES, SUBJECTS, TOOLS,
+    AUDIT, BINDINGS, DENIALS, DIRECTORY, POLICIES, ROLES, RUNS, SUBJECTS, TOOLS, WORKFLOWS,
 };
 use charter_projections::organizations::{COLLECTION as ORGS, PROJECTION as ORG_PROJECTION};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::views::{
     AuditEntryView, BindingView, DecisionView, JobSpaceView, OrgView, PolicyView, RoleView,
-    SubjectView, ToolView,
+    RunView, SubjectView, ToolView, WorkflowView,
 };
 use super::{ApiError, Caller, Gateway, Target};
 use crate::auth::Principal;
@@ -132,6 +132,10 @@ pub struct DirectoryFilter {
     pub role: Option<String>,
     /// Role bindings in this job space.
     pub job_space: Option<String>,
+    /// Runs in this status (`running`, `succeeded`, `failed`, `cancelled`).
+    pub status: Option<String>,
+    /// Runs of this workflow.
+    pub workflow: Option<String>,
 }
 
 /// A question for `checkAccess`.
@@ -499,6 +503,8 @@ pub fn collection(kind: ResourceKind) -> &'static str {
         ResourceKind::Role => ROLES,
         ResourceKind::RoleBinding => BINDINGS,
         ResourceKind::Tool => TOOLS,
+        ResourceKind::Workflow => WORKFLOWS,
+        ResourceKind::WorkflowRun => RUNS,
         _ => POLICIES,
     }
 }
@@ -518,6 +524,16 @@ pub fn policy_item(doc: &Document) -> Result<PolicyView, ApiError> {
 }
 pub fn tool_item(doc: &Document) -> Result<ToolView, ApiError> {
     ToolView::from_doc(&doc.doc, doc.position.0)
+}
+pub fn workflow_item(doc: &Document) -> Result<WorkflowView, ApiError> {
+    WorkflowView::from_doc(&doc.doc, doc.position.0)
+}
+pub fn run_item(doc: &Document) -> Result<RunView, ApiError> {
+    RunView::from_doc(&doc.doc, doc.position.0)
+}
+pub fn keep_run(r: &RunView, f: &DirectoryFilter) -> bool {
+    f.status.as_deref().is_none_or(|s| r.status == s)
+        && f.workflow.as_deref().is_none_or(|w| r.workflow == w)
 }
 
 pub fn keep_subject(s: &SubjectView, f: &DirectoryFilter) -> bool {

@@ -417,3 +417,287 @@ impl AuditEntryView {
         })
     }
 }
+
+/// Milliseconds since the epoch as RFC 3339.
+fn instant(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// One version of a workflow.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowVersionView {
+    pub version: String,
+    pub description: String,
+    pub nodes: Vec<String>,
+    /// The definition as registered.
+    #[schema(value_type = Object)]
+    pub spec: async_graphql::Json<Value>,
+    pub registered_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowView {
+    pub org: String,
+    pub name: String,
+    /// What a run started without a version runs.
+    pub latest: Option<String>,
+    pub versions: Vec<WorkflowVersionView>,
+    pub meta: Meta,
+}
+
+impl WorkflowView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let state: charter_domain::workflow::WorkflowState = state_of(doc)?;
+        Ok(Self {
+            org: state.org.to_string(),
+            name: state.name.to_string(),
+            latest: state.versions.last().map(|v| v.spec.version.to_string()),
+            versions: state
+                .versions
+                .iter()
+                .map(|v| WorkflowVersionView {
+                    version: v.spec.version.to_string(),
+                    description: v.spec.description.clone(),
+                    nodes: v.spec.nodes.iter().map(|n| n.name.to_string()).collect(),
+                    spec: async_graphql::Json(serde_json::to_value(&v.spec).unwrap_or(Value::Null)),
+                    registered_by: v.registered_by.to_string(),
+                })
+                .collect(),
+            meta: meta(doc, position),
+        })
+    }
+}
+
+/// Why a run or a node failed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+pub struct FailureView {
+    pub code: String,
+    pub message: String,
+}
+
+/// One node of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub name: String,
+    /// `waiting`, `scheduled`, `running`, `awaitingApproval`, `sleeping`,
+    /// `succeeded`, `failed` or `skipped`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    #[schema(value_type = Object)]
+    pub input: Option<async_graphql::Json<Value>>,
+    #[schema(value_type = Object)]
+    pub output: Option<async_graphql::Json<Value>>,
+    pub error: Option<FailureView>,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+    /// When a timer fires, an approval or a retry is due.
+    pub due: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    /// The run's id (a UUID), which its contract shares.
+    pub id: String,
+    pub org: String,
+    pub workflow: String,
+    pub workflow_version: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub started_by: String,
+    pub started_at: String,
+    pub deadline: String,
+    #[schema(value_type = Object)]
+    pub input: async_graphql::Json<Value>,
+    #[schema(value_type = Object)]
+    pub output: Option<async_graphql::Json<Value>>,
+    pub error: Option<FailureView>,
+    pub nodes: Vec<NodeView>,
+    /// `run-id/node` of the run that started this one as a sub-workflow.
+    pub parent: Option<String>,
+    pub meta: Meta,
+}
+
+impl RunView {
+    pub fn from_state(state: &charter_domain::run::RunState, meta: Meta) -> Self {
+        use charter_domain::run::NodeState;
+        let nodes = state
+            .plan
+            .spec
+            .nodes
+            .iter()
+            .map(|spec| {
+                let node = state.nodes.get(&spec.name);
+                let mut view = NodeView {
+                    name: spec.name.to_string(),
+                    status: node.map_or("waiting", NodeState::name).to_owned(),
+                    attempts: state.attempts.get(&spec.name).copied().unwrap_or(0),
+                    input: None,
+                    output: None,
+                    error: None,
+                    reason: None,
+                    due: None,
+                };
+                match node {
+                    Some(NodeState::Scheduled { input, due, .. }) => {
+                        view.input = Some(async_graphql::Json(input.clone()));
+                        view.due = Some(instant(*due));
+                    }
+                    Some(NodeState::Running { input, .. }) => {
+                        view.input = Some(async_graphql::Json(input.clone()));
+                    }
+                    Some(NodeState::Succeeded { output }) => {
+                        view.output = Some(async_graphql::Json(output.clone()));
+                    }
+                    Some(NodeState::Failed { code, message }) => {
+                        view.error = Some(FailureView {
+                            code: code.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                    Some(NodeState::Skipped { reason }) => view.reason = Some(reason.clone()),
+                    Some(NodeState::Sleeping { fire_at: at })
+                    | Some(NodeState::AwaitingApproval { deadline: at }) => {
+                        view.due = Some(instant(*at));
+                    }
+                    _ => {}
+                }
+                view
+            })
+            .collect();
+        Self {
+            id: state.id.id.to_string(),
+            org: state.id.org.to_string(),
+            workflow: state.plan.workflow.to_string(),
+            workflow_version: state.plan.spec.version.to_string(),
+            status: state.status.as_str().to_owned(),
+            started_by: state.started_by.to_string(),
+            started_at: instant(state.started_at),
+            deadline: instant(state.deadline),
+            input: async_graphql::Json(state.input.clone()),
+            output: state.output.clone().map(async_graphql::Json),
+            error: state.error.as_ref().map(|e| FailureView {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
+            nodes,
+            parent: state
+                .plan
+                .parent
+                .as_ref()
+                .map(|(run, node)| format!("{}/{node}", run.id)),
+            meta,
+        }
+    }
+
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let run: charter_domain::run::Run = state_of(doc)?;
+        let state = run
+            .0
+            .ok_or_else(|| ApiError::internal("empty run document".into()))?;
+        Ok(Self::from_state(&state, meta(doc, position)))
+    }
+}
+
+/// A tool version a contract allows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+pub struct AllowedTool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractView {
+    /// The run it governs (the same id).
+    pub id: String,
+    pub org: String,
+    pub workflow: String,
+    pub workflow_version: String,
+    /// The subject the run acts for.
+    pub principal: String,
+    pub tools: Vec<AllowedTool>,
+    pub max_calls: u32,
+    pub max_cost: Option<u64>,
+    pub calls_used: u32,
+    pub cost_used: u64,
+    pub scopes: Vec<String>,
+    pub deadline: String,
+    /// Calls refused for breaking it.
+    pub breaches: u32,
+    pub closed: bool,
+    pub meta: Meta,
+}
+
+impl ContractView {
+    pub fn from_doc(doc: &Value, position: u64) -> Result<Self, ApiError> {
+        let contract: charter_domain::contract::Contract = state_of(doc)?;
+        let state = contract
+            .0
+            .ok_or_else(|| ApiError::internal("empty contract document".into()))?;
+        let terms = &state.terms;
+        Ok(Self {
+            id: state.id.id.to_string(),
+            org: state.id.org.to_string(),
+            workflow: terms.workflow.to_string(),
+            workflow_version: terms.workflow_version.to_string(),
+            principal: terms.principal.clone(),
+            tools: terms
+                .tools
+                .iter()
+                .map(|(name, version)| AllowedTool {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                })
+                .collect(),
+            max_calls: terms.max_calls,
+            max_cost: terms.max_cost,
+            calls_used: state.calls_used,
+            cost_used: state.cost_used,
+            scopes: terms.scopes.iter().cloned().collect(),
+            deadline: instant(terms.deadline),
+            breaches: state.breaches,
+            closed: state.closed,
+            meta: meta(doc, position),
+        })
+    }
+}
+
+/// One event of a run's trace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEventView {
+    /// The run stream's version after the event (1 for `Started`).
+    pub version: u64,
+    pub position: u64,
+    #[serde(rename = "type")]
+    #[graphql(name = "type")]
+    pub event_type: String,
+    pub at: String,
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub data: async_graphql::Json<Value>,
+}
+
+impl TraceEventView {
+    pub fn from_recorded(event: &charter_commands::RecordedEvent) -> Self {
+        Self {
+            version: event.version.0,
+            position: event.position.0,
+            event_type: event.event_type.clone(),
+            at: event
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            actor: event.actor.to_string(),
+            data: async_graphql::Json(
+                serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
+            ),
+        }
+    }
+}

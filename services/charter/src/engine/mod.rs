@@ -1,0 +1,325 @@
+//! The workflow engine: the saga that drives runs, and the workers that
+//! execute their nodes.
+//!
+//! The driver follows the log and keeps every active run's state in memory
+//! (folded with the aggregate's own `evolve`). From the state alone it
+//! knows what to do: queue the nodes that are scheduled and due, wake up
+//! when a retry, timer, approval or deadline comes due (and send the run a
+//! `Tick`), take a node back when its worker's lease runs out, stop the
+//! calls of a run that ended, close its contract, and report a finished
+//! sub-workflow to its parent. Because it acts on state, not on single
+//! events, a restart is just another catch-up: every pending node is
+//! queued again, and workers drop what is already done.
+
+pub mod queue;
+pub mod start;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use charter_commands::store::Subscription;
+use charter_commands::{CommandHandler, CommandMeta, EventStore, Position};
+use charter_domain::contract::{Contract, ContractCommand};
+use charter_domain::run::{NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus};
+use charter_domain::{Actor, Aggregate};
+use charter_executor::Executor;
+use charter_projections::access::AccessIndex;
+
+use queue::{Task, TaskQueue};
+use start::now_ms;
+use worker::{Running, Worker};
+
+pub struct Engine {
+    pub handler: CommandHandler,
+    pub access: Arc<AccessIndex>,
+    pub executor: Arc<Executor>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub running: Arc<Running>,
+    /// Tasks executed at once by this process.
+    pub workers: usize,
+}
+
+/// What the driver remembers between batches.
+#[derive(Default)]
+struct Driver {
+    runs: HashMap<RunId, Run>,
+    /// Tasks queued by this process (a task is queued once per attempt,
+    /// or again when its lease ran out).
+    queued: HashSet<(Task, i64)>,
+    timers: BTreeMap<i64, HashSet<RunId>>,
+}
+
+fn run_id_of(stream: &str) -> Option<RunId> {
+    stream
+        .strip_prefix(Run::KIND)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|id| id.parse().ok())
+}
+
+impl Engine {
+    /// Starts the driver and the workers; they stop once `stop` is true.
+    pub fn spawn(
+        self: Arc<Self>,
+        store: Arc<dyn EventStore>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let shutdown = stopped(stop.clone());
+        let mut tasks = vec![tokio::spawn(Arc::clone(&self).drive(store, stopped(stop)))];
+        let id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        let worker = Arc::new(Worker {
+            handler: self.handler.clone(),
+            access: Arc::clone(&self.access),
+            executor: Arc::clone(&self.executor),
+            running: Arc::clone(&self.running),
+            id,
+        });
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.workers.max(1)));
+        let queue = Arc::clone(&self.queue);
+        tasks.push(tokio::spawn(async move {
+            let pull = async {
+                loop {
+                    let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                        return;
+                    };
+                    let Some(delivery) = queue.pull().await else {
+                        return;
+                    };
+                    let worker = Arc::clone(&worker);
+                    tokio::spawn(async move {
+                        worker.handle(delivery).await;
+                        drop(slot);
+                    });
+                }
+            };
+            tokio::select! {
+                () = pull => {}
+                () = shutdown => {}
+            }
+        }));
+        tasks
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        store: Arc<dyn EventStore>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let mut driver = Driver::default();
+            let mut subscription = Subscription::new(Arc::clone(&store), Position::START, 1000);
+            let failed = loop {
+                let wake = driver.timers.first_key_value().map(|(at, _)| *at);
+                let sleep = async {
+                    match wake {
+                        Some(at) => {
+                            let wait = (at - now_ms()).max(0) as u64;
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    batch = subscription.next_batch() => {
+                        let events = match batch {
+                            Ok(events) => events,
+                            Err(error) => break error.to_string(),
+                        };
+                        let mut touched = HashSet::new();
+                        for event in &events {
+                            if event.aggregate_type != Run::KIND {
+                                continue;
+                            }
+                            let Some(id) = run_id_of(event.stream_id.as_str()) else { continue };
+                            let domain: RunEvent = match event.to_domain() {
+                                Ok(domain) => domain,
+                                Err(error) => {
+                                    tracing::warn!(%error, "a run event does not decode; skipping it");
+                                    continue;
+                                }
+                            };
+                            driver.runs.entry(id.clone()).or_default().evolve(&domain);
+                            touched.insert(id);
+                        }
+                        for id in touched {
+                            self.act(&mut driver, &id).await;
+                        }
+                    }
+                    () = sleep => {
+                        let now = now_ms();
+                        let due: Vec<i64> = driver.timers.range(..=now).map(|(at, _)| *at).collect();
+                        let mut ids = HashSet::new();
+                        for at in due {
+                            ids.extend(driver.timers.remove(&at).unwrap_or_default());
+                        }
+                        for id in ids {
+                            self.act(&mut driver, &id).await;
+                        }
+                    }
+                    () = &mut shutdown => return,
+                }
+            };
+            tracing::warn!(error = %failed, "the run driver stopped; starting over");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Does what a run's state asks for now, and sets its next wake-up.
+    async fn act(&self, driver: &mut Driver, id: &RunId) {
+        let Some(state) = driver.runs.get(id).and_then(|r| r.0.as_deref()).cloned() else {
+            return;
+        };
+        if state.status.is_final() {
+            self.running.cancel_run(id);
+            driver.runs.remove(id);
+            driver.queued.retain(|(task, _)| task.run != *id);
+            self.finish(&state).await;
+            return;
+        }
+        let now = now_ms();
+        let mut tick = now >= state.deadline;
+        let mut next = state.deadline;
+        for (node, node_state) in &state.nodes {
+            match node_state {
+                NodeState::Scheduled { attempt, due, .. } => {
+                    if *due <= now {
+                        self.queue_task(driver, id, node, *attempt, 0).await;
+                    } else {
+                        next = next.min(*due);
+                    }
+                }
+                NodeState::Running {
+                    attempt,
+                    lease_until,
+                    ..
+                } => {
+                    if *lease_until <= now {
+                        // Its worker is gone: let another take it over.
+                        self.queue_task(driver, id, node, *attempt, *lease_until)
+                            .await;
+                    } else {
+                        next = next.min(*lease_until);
+                    }
+                }
+                NodeState::Sleeping { fire_at: at }
+                | NodeState::AwaitingApproval { deadline: at } => {
+                    if *at <= now {
+                        tick = true;
+                    } else {
+                        next = next.min(*at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if tick {
+            let outcome = self
+                .handler
+                .handle::<Run>(
+                    id,
+                    &RunCommand::Tick { now },
+                    &CommandMeta::new(Run::KIND, id.org.clone(), Actor::system()),
+                )
+                .await;
+            if let Err(error) = outcome {
+                tracing::warn!(run = %id, %error, "a run's tick failed; trying again soon");
+                next = next.min(now + 1000);
+            }
+        }
+        driver.timers.entry(next).or_default().insert(id.clone());
+    }
+
+    async fn queue_task(
+        &self,
+        driver: &mut Driver,
+        id: &RunId,
+        node: &charter_domain::workflow::NodeName,
+        attempt: u32,
+        lease: i64,
+    ) {
+        let task = Task {
+            run: id.clone(),
+            node: node.clone(),
+            attempt,
+        };
+        if !driver.queued.insert((task.clone(), lease)) {
+            return;
+        }
+        if let Err(error) = self.queue.push(&task).await {
+            tracing::warn!(run = %id, %node, %error, "a task could not be queued; trying again soon");
+            driver.queued.remove(&(task, lease));
+            driver
+                .timers
+                .entry(now_ms() + 1000)
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+
+    /// A run ended: its contract closes, and a sub-workflow's parent node
+    /// learns the outcome.
+    async fn finish(&self, state: &charter_domain::run::RunState) {
+        let system = |kind: &str| CommandMeta::new(kind, state.id.org.clone(), Actor::system());
+        if let Err(error) = self
+            .handler
+            .handle::<Contract>(&state.id, &ContractCommand::Close, &system(Contract::KIND))
+            .await
+        {
+            tracing::debug!(run = %state.id, %error, "closing a contract");
+        }
+        let Some((parent, node)) = &state.plan.parent else {
+            return;
+        };
+        let Ok(loaded) = self.handler.load::<Run>(parent).await else {
+            return;
+        };
+        let Some(attempt) = loaded
+            .state
+            .0
+            .as_ref()
+            .and_then(|p| p.attempts.get(node).copied())
+        else {
+            return;
+        };
+        let now = now_ms();
+        let command = match state.status {
+            RunStatus::Succeeded => RunCommand::Succeed {
+                node: node.clone(),
+                attempt,
+                output: state.output.clone().unwrap_or_default(),
+                now,
+            },
+            _ => RunCommand::Fail {
+                node: node.clone(),
+                attempt,
+                failure: NodeFailure {
+                    code: "sub_workflow_failed".into(),
+                    message: format!(
+                        "run {} {}: {}",
+                        state.id,
+                        state.status.as_str(),
+                        state.error.as_ref().map_or("", |e| e.message.as_str())
+                    ),
+                    retryable: false,
+                },
+                now,
+            },
+        };
+        if let Err(error) = self
+            .handler
+            .handle::<Run>(parent, &command, &system(Run::KIND))
+            .await
+        {
+            tracing::debug!(run = %parent, %error, "reporting a sub-workflow");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Starting a run: the definition version, its input checked against the
+//! workflow's input schema, every tool and sub-workflow version pinned, the
+//! contract issued (the tools its starter may call, the budgets, scopes and
+//! deadline), then the run itself. Used by the gateway and, for
+//! sub-workflows, by workers.
+
+use std::collections::BTreeMap;
+
+use charter_commands::{CommandHandler, CommandMeta, Position};
+use charter_domain::contract::{Contract, ContractCommand, Terms};
+use charter_domain::ids::{JobSpaceName, Scoped};
+use charter_domain::run::{PinnedTool, Run, RunCommand, RunId, RunPlan};
+use charter_domain::tool::{CompiledSchema, Tool, ToolVersion};
+use charter_domain::workflow::{NodeKind, NodeName, Workflow, WorkflowName};
+use charter_domain::{Actor, Aggregate, ErrorClass, OrgName};
+use charter_projections::access::AccessIndex;
+use serde_json::{Value, json};
+
+use crate::auth::Principal;
+use crate::gateway::ApiError;
+
+/// Milliseconds since the epoch, as runs count time.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub struct StartRequest<'a> {
+    pub run: RunId,
+    pub workflow: &'a WorkflowName,
+    pub version: Option<&'a ToolVersion>,
+    pub input: Value,
+    pub by: Actor,
+    pub parent: Option<(RunId, NodeName)>,
+    pub job_space: Option<JobSpaceName>,
+}
+
+/// What a start appended.
+pub struct Started {
+    pub run: RunId,
+    pub position: Option<Position>,
+    pub events: Vec<String>,
+}
+
+pub async fn start_run(
+    handler: &CommandHandler,
+    access: &AccessIndex,
+    request: StartRequest<'_>,
+) -> Result<Started, ApiError> {
+    let org: &OrgName = &request.run.org;
+    let workflow = handler
+        .load::<Workflow>(&Scoped::new(org.clone(), request.workflow.clone()))
+        .await?
+        .state
+        .0
+        .ok_or_else(|| ApiError::not_found("workflow", request.workflow.as_str()))?;
+    let version = workflow.version(request.version).ok_or_else(|| {
+        ApiError::not_found(
+            "workflow version",
+            request.version.map_or("latest", |v| v.as_str()),
+        )
+    })?;
+    let spec = &version.spec;
+    let schema = CompiledSchema::compile(&spec.input)
+        .map_err(|e| ApiError::internal(format!("the workflow's input schema: {e}")))?;
+    if let Err(problems) = schema.check(&request.input) {
+        return Err(ApiError::new(
+            ErrorClass::InvalidInput,
+            "invalid_run_input",
+            format!(
+                "the input does not match the workflow's input schema: {}",
+                problems
+                    .iter()
+                    .take(3)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )
+        .with_details(json!({ "problems": problems })));
+    }
+
+    let principal: Principal = request
+        .by
+        .as_str()
+        .parse()
+        .map_err(|e: String| ApiError::internal(e))?;
+    let mut tools = BTreeMap::new();
+    let mut workflows = BTreeMap::new();
+    let mut allowed = BTreeMap::new();
+    for node in &spec.nodes {
+        match node.kind() {
+            Some(NodeKind::Tool(name, pinned)) => {
+                let state = handler
+                    .load::<Tool>(&Scoped::new(org.clone(), name.clone()))
+                    .await?
+                    .state
+                    .0
+                    .ok_or_else(|| ApiError::not_found("tool", name.as_str()))?;
+                let version = state.runnable(pinned).map_err(|e| {
+                    ApiError::new(
+                        ErrorClass::FailedPrecondition,
+                        "tool_not_runnable",
+                        format!("node `{}`: tool `{name}`: {e}", node.name),
+                    )
+                })?;
+                let version = version.spec.version.clone();
+                // The contract holds the tools the starter may call now;
+                // a node whose tool is left out breaches when it is called.
+                let may_call = match &principal {
+                    Principal::Root => true,
+                    Principal::Subject(id) => access.read(|authorizer| {
+                        authorizer
+                            .decide_call(
+                                org,
+                                &id.name,
+                                name.as_str(),
+                                version.as_str(),
+                                request.job_space.as_ref(),
+                            )
+                            .allowed
+                    }),
+                };
+                if may_call {
+                    allowed.insert(name.clone(), version.clone());
+                }
+                tools.insert(
+                    node.name.clone(),
+                    PinnedTool {
+                        name: name.clone(),
+                        version,
+                    },
+                );
+            }
+            Some(NodeKind::Workflow(sub)) => {
+                let child = handler
+                    .load::<Workflow>(&Scoped::new(org.clone(), sub.name.clone()))
+                    .await?
+                    .state
+                    .0
+                    .and_then(|w| {
+                        w.version(sub.version.as_ref())
+                            .map(|v| v.spec.version.clone())
+                    })
+                    .ok_or_else(|| ApiError::not_found("workflow", sub.name.as_str()))?;
+                workflows.insert(node.name.clone(), child);
+            }
+            _ => {}
+        }
+    }
+    let now = now_ms();
+    let plan = RunPlan {
+        workflow: request.workflow.clone(),
+        spec: spec.clone(),
+        tools,
+        workflows,
+        parent: request.parent,
+        job_space: request.job_space,
+    };
+    let terms = Terms {
+        workflow: request.workflow.clone(),
+        workflow_version: spec.version.clone(),
+        principal: request.by.to_string(),
+        tools: allowed,
+        max_calls: spec.budget.calls,
+        max_cost: spec.budget.cost,
+        scopes: spec.scopes.clone(),
+        deadline: now.saturating_add(spec.budget.wall_time.as_millis() as i64),
+    };
+    let meta = |kind: &str| CommandMeta::new(kind, org.clone(), request.by.clone());
+    handler
+        .handle::<Contract>(
+            &request.run,
+            &ContractCommand::Issue {
+                terms: Box::new(terms),
+            },
+            &meta(Contract::KIND),
+        )
+        .await?;
+    let outcome = handler
+        .handle::<Run>(
+            &request.run,
+            &RunCommand::Start {
+                plan: Box::new(plan),
+                input: request.input,
+                by: request.by.clone(),
+                now,
+            },
+            &meta(Run::KIND),
+        )
+        .await?;
+    Ok(Started {
+        run: request.run,
+        position: outcome.position,
+        events: outcome
+            .events
+            .iter()
+            .map(|e| charter_domain::DomainEvent::event_type(e).to_owned())
+            .collect(),
+    })
+}

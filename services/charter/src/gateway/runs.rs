@@ -1,0 +1,310 @@
+//! Workflow runs through the gateway: start, cancel, answer approvals,
+//! read the trace and the contract. Starting names the workflow (`run` on
+//! `WorkflowRun` named after it), and so do cancelling (`cancel`) and
+//! answering an approval (`approve`), so that an org's policies can say who
+//! may do what with which workflow. Reading a run names the run.
+
+use charter_commands::{StreamId, StreamVersion};
+use charter_domain::ids::JobSpaceName;
+use charter_domain::run::{Run, RunCommand, RunId};
+use charter_domain::tool::ToolVersion;
+use charter_domain::workflow::{NodeName, WorkflowName};
+use charter_projections::directory::{CONTRACTS, DIRECTORY};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::reads::parse_org;
+use super::views::{ContractView, TraceEventView};
+use super::{ApiError, Caller, Gateway, Target, actor_of};
+use crate::engine::start::{StartRequest, now_ms, start_run};
+use charter_domain::role::ResourceKind;
+
+/// `POST /v1/orgs/{org}/workflows/{name}/runs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, async_graphql::InputObject)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartRunRequest {
+    /// The run's input; it must match the workflow's input schema.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub input: Option<async_graphql::Json<Value>>,
+    /// The workflow version; omitted: the latest.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The job space the run works in: starting it and its calls are
+    /// authorized there.
+    #[serde(default)]
+    pub job_space: Option<String>,
+}
+
+/// What starting a run did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, async_graphql::SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStarted {
+    /// The run's id; its contract has the same.
+    pub id: String,
+    pub events: Vec<String>,
+    /// Reads that ask for it (`minPosition`) see the run.
+    pub position: Option<u64>,
+}
+
+/// What a command to a run did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, async_graphql::SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct RunChanged {
+    pub id: String,
+    pub events: Vec<String>,
+    pub position: Option<u64>,
+}
+
+fn run_id(org: &charter_domain::OrgName, id: &str) -> Result<RunId, ApiError> {
+    let uuid = uuid::Uuid::parse_str(id).map_err(|_| ApiError::not_found("workflow run", id))?;
+    Ok(RunId {
+        org: org.clone(),
+        id: uuid,
+    })
+}
+
+impl Gateway {
+    pub async fn start_workflow_run(
+        &self,
+        caller: &Caller,
+        org: &str,
+        workflow: &str,
+        request: &StartRunRequest,
+    ) -> Result<RunStarted, ApiError> {
+        let org = parse_org(org)?;
+        let name = WorkflowName::parse(workflow).map_err(|e| ApiError::invalid_name(&e))?;
+        let job_space = request
+            .job_space
+            .as_deref()
+            .map(JobSpaceName::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid_name(&e))?;
+        self.authorize(
+            caller,
+            "run",
+            &Target::new(&org, ResourceKind::WorkflowRun, name.as_str())
+                .in_job_space(job_space.clone()),
+        )
+        .await?;
+        if let Some(space) = &job_space {
+            let known = self.access.read_all(|_, facts| {
+                facts
+                    .org(&org)
+                    .is_some_and(|o| o.job_spaces.contains_key(space))
+            });
+            if !known {
+                return Err(ApiError::not_found("job space", space.as_str()));
+            }
+        }
+        let version = request
+            .version
+            .as_deref()
+            .map(ToolVersion::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid_name(&e))?;
+        let input = request
+            .input
+            .as_ref()
+            .map_or_else(|| Value::Object(Default::default()), |j| j.0.clone());
+        let started = start_run(
+            &self.handler,
+            &self.access,
+            StartRequest {
+                run: RunId::new(org),
+                workflow: &name,
+                version: version.as_ref(),
+                input,
+                by: actor_of(caller),
+                parent: None,
+                job_space,
+            },
+        )
+        .await?;
+        Ok(RunStarted {
+            id: started.run.id.to_string(),
+            events: started.events,
+            position: started.position.map(|p| p.0),
+        })
+    }
+
+    /// Loads a run the caller may act on with `verb` (named after its
+    /// workflow); another org's run is not there.
+    async fn run_for(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        verb: &'static str,
+    ) -> Result<RunId, ApiError> {
+        let org = parse_org(org)?;
+        // Authorize on the org first, so that another org's runs are never
+        // even looked up.
+        self.authorize(
+            caller,
+            "get",
+            &Target::new(&org, ResourceKind::WorkflowRun, id),
+        )
+        .await?;
+        let id = run_id(&org, id)?;
+        let run = self
+            .handler
+            .load::<Run>(&id)
+            .await?
+            .state
+            .0
+            .ok_or_else(|| ApiError::not_found("workflow run", &id.id.to_string()))?;
+        self.authorize(
+            caller,
+            verb,
+            &Target::new(&org, ResourceKind::WorkflowRun, run.plan.workflow.as_str()),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    async fn command_run(
+        &self,
+        caller: &Caller,
+        id: &RunId,
+        command: RunCommand,
+    ) -> Result<RunChanged, ApiError> {
+        let meta = self.meta(caller, &id.org, None);
+        let outcome = self.handler.handle::<Run>(id, &command, &meta).await?;
+        Ok(RunChanged {
+            id: id.id.to_string(),
+            events: outcome
+                .events
+                .iter()
+                .map(|e| charter_domain::DomainEvent::event_type(e).to_owned())
+                .collect(),
+            position: outcome.position.map(|p| p.0),
+        })
+    }
+
+    /// Cancels a run; its running tools are stopped.
+    pub async fn cancel_run(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<RunChanged, ApiError> {
+        let id = self.run_for(caller, org, id, "cancel").await?;
+        self.command_run(
+            caller,
+            &id,
+            RunCommand::Cancel {
+                by: actor_of(caller),
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Approves or rejects an approval node.
+    pub async fn answer_approval(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        node: &str,
+        approved: bool,
+        comment: &str,
+    ) -> Result<RunChanged, ApiError> {
+        let run = self.run_for(caller, org, id, "approve").await?;
+        let node = NodeName::parse(node).map_err(|e| ApiError::invalid_name(&e))?;
+        self.command_run(
+            caller,
+            &run,
+            RunCommand::Answer {
+                node,
+                approved,
+                by: actor_of(caller),
+                comment: comment.to_owned(),
+                now: now_ms(),
+            },
+        )
+        .await
+    }
+
+    /// A run's trace: its events after `after` (a stream version). With
+    /// `wait`, an empty answer waits up to that long for the next event.
+    pub async fn run_trace(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<TraceEventView>, ApiError> {
+        let run = self.run_for(caller, org, id, "get").await?;
+        let deadline = tokio::time::Instant::now() + wait.min(std::time::Duration::from_secs(30));
+        let mut commits = self.handler.store().commits();
+        loop {
+            commits.mark_unchanged();
+            let events = self.trace_after(&run, after, limit).await?;
+            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(events);
+            }
+            let poll = self.handler.store().poll_interval();
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + poll),
+                commits.changed(),
+            )
+            .await;
+        }
+    }
+
+    pub(crate) async fn trace_after(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TraceEventView>, ApiError> {
+        let stream = StreamId::for_aggregate::<Run>(run)?;
+        let events = match self
+            .handler
+            .store()
+            .read_stream(&stream, StreamVersion(after), limit.clamp(1, 1000))
+            .await
+        {
+            Ok(events) => events,
+            Err(charter_commands::StoreError::StreamNotFound(_)) => vec![],
+            Err(error) => return Err(error.into()),
+        };
+        Ok(events.iter().map(TraceEventView::from_recorded).collect())
+    }
+
+    /// Checks that the caller may watch a run, and names it.
+    pub async fn watchable_run(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+    ) -> Result<RunId, ApiError> {
+        self.run_for(caller, org, id, "get").await
+    }
+
+    /// A run's contract.
+    pub async fn run_contract(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        min_position: Option<u64>,
+    ) -> Result<ContractView, ApiError> {
+        let run = self.run_for(caller, org, id, "get").await?;
+        self.wait_visible(DIRECTORY, min_position).await?;
+        let doc = self
+            .read_models
+            .get(DIRECTORY, CONTRACTS, &run.to_string())
+            .await
+            .map_err(|e| ApiError::from_error(&e))?
+            .filter(|d| d.org == run.org)
+            .ok_or_else(|| ApiError::not_found("contract", &run.id.to_string()))?;
+        ContractView::from_doc(&doc.doc, doc.position.0)
+    }
+}

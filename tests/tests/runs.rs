@@ -1,0 +1,482 @@
+//! Workflows end to end on the real binary: definitions checked whole,
+//! runs driven to completion by the engine, approvals, retries, the
+//! contract and its breaches, cancellation, the trace; on the embedded
+//! default and on PostgreSQL + JetStream.
+
+use std::time::{Duration, Instant};
+
+use charter_tests::TempDir;
+use charter_tests::api::{Env, code, postgres_and_jetstream};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ACME: &str = include_str!("../../schema/examples/acme.yaml");
+const WORDCOUNT: &str = include_str!("../../schema/examples/tools/text-wordcount.yaml");
+const ECHO: &str = include_str!("../../schema/examples/tools/util-echo.yaml");
+const UPTIME: &str = include_str!("../../schema/examples/tools/host-uptime.yaml");
+const REPORT: &str = include_str!("../../schema/examples/workflows/text-report.yaml");
+
+async fn post(env: &Env, token: &str, path: &str, body: Value) -> (u16, Value) {
+    env.call(
+        Method::POST,
+        path,
+        Some(token),
+        Some(("application/json", body.to_string())),
+    )
+    .await
+}
+
+/// Waits until a run has ended; returns it.
+async fn finished(env: &Env, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), token).await;
+        if status == 200 && run["status"] != "running" {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a run's node reaches a status.
+async fn node_reaches(env: &Env, token: &str, id: &str, node: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), token).await;
+        let found = run["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
+            .cloned();
+        if found.as_ref().is_some_and(|n| n["status"] == status) {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never became {status}: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start(env: &Env, token: &str, workflow: &str, input: Value) -> String {
+    start_in(env, token, workflow, input, None).await
+}
+
+async fn start_in(
+    env: &Env,
+    token: &str,
+    workflow: &str,
+    input: Value,
+    job_space: Option<&str>,
+) -> String {
+    let (status, started) = post(
+        env,
+        token,
+        &format!("/v1/orgs/acme/workflows/{workflow}/runs"),
+        json!({"input": input, "jobSpace": job_space}),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    started["id"].as_str().unwrap().to_owned()
+}
+
+fn trace_types(trace: &Value) -> Vec<String> {
+    trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn scenario(env: &Env) {
+    let root = env.token("root", "1h");
+    let planner = env.token("acme:planner", "1h");
+    let (status, body) = env.apply(&root, ACME, "").await;
+    assert_eq!(status, 200, "{body}");
+    let tools = [WORDCOUNT, ECHO, UPTIME].join("\n---\n");
+    let (status, body) = env.apply(&root, &tools, "").await;
+    assert_eq!(status, 200, "{body}");
+    for (tool, version) in [("text.wordcount", "1.0.0"), ("util.echo", "1")] {
+        let (status, body) = post(
+            env,
+            &root,
+            &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
+            json!(null),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // A broken definition: every problem at once, nothing stored.
+    let before = env.events();
+    let broken = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: broken, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: a, needs: [b], tool: text.wordcount}
+    - {name: b, needs: [a], tool: text.wordcount}
+    - {name: c, tool: nope.tool}
+    - {name: d, tool: host.uptime}
+    - {name: e, tool: util.echo, when: "input.x >"}
+    - {name: f, tool: util.echo, input: {x: "nodes.g.output"}}
+    - {name: g, job: {capability: plan}}
+"#;
+    let (status, body) = env.apply(&root, broken, "").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(code(&body), "invalid_workflow", "{body}");
+    assert_eq!(
+        body["details"]["problems"].as_array().unwrap().len(),
+        7,
+        "{body}"
+    );
+    let text = body.to_string();
+    for expected in [
+        "is part of a cycle",
+        "unknown tool `nope.tool`",
+        "has no approved version",
+        "does not parse",
+        "does not run before it",
+        "agent job nodes",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in {text}");
+    }
+    assert_eq!(env.events(), before, "a refused definition stores nothing");
+
+    let (status, body) = env.apply(&root, REPORT, "").await;
+    assert_eq!(status, 200, "{body}");
+
+    // A short text runs straight through; the review is skipped.
+    let id = start(env, &root, "text-report", json!({"text": "one two three"})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["words"], 3);
+    assert_eq!(
+        run["output"]["report"],
+        json!({"words": 3, "reviewed": false})
+    );
+    let (status, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    assert_eq!(status, 200);
+    let types = trace_types(&trace);
+    assert_eq!(types.first().map(String::as_str), Some("Started"));
+    assert_eq!(types.last().map(String::as_str), Some("Completed"));
+    assert!(types.contains(&"NodeSkipped".to_owned()), "{types:?}");
+    let started = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "NodeStarted")
+        .unwrap();
+    assert_eq!(started["data"]["checks"]["authorization"]["allowed"], true);
+    assert_eq!(started["data"]["checks"]["contract"]["admitted"], true);
+    assert_eq!(started["data"]["checks"]["input"]["valid"], true);
+    let position = trace.as_array().unwrap().last().unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    let (status, contract) = env
+        .get(
+            &format!("/v1/orgs/acme/runs/{id}/contract?minPosition={position}"),
+            &root,
+        )
+        .await;
+    assert_eq!(status, 200, "{contract}");
+    assert_eq!(contract["callsUsed"], 2, "{contract}");
+    assert_eq!(contract["maxCalls"], 10);
+    assert_eq!(contract["breaches"], 0);
+    let tools: Vec<&str> = contract["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["text.wordcount", "util.echo"]);
+
+    // Bad input is refused before anything starts.
+    let (status, body) = post(
+        env,
+        &root,
+        "/v1/orgs/acme/workflows/text-report/runs",
+        json!({"input": {"txt": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(code(&body), "invalid_run_input");
+
+    // A long text waits for an approval, which takes the right to approve.
+    let long = vec!["word"; 150].join(" ");
+    let id = start(env, &root, "text-report", json!({"text": long})).await;
+    node_reaches(env, &root, &id, "review", "awaitingApproval").await;
+    let approve = format!("/v1/orgs/acme/runs/{id}/nodes/review/approve");
+    let (status, body) = post(env, &planner, &approve, json!({"comment": "me?"})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(env, &root, &approve, json!({"comment": "fine"})).await;
+    assert_eq!(status, 200, "{body}");
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["report"]["reviewed"], true);
+
+    // A rejection fails the run.
+    let id = start(env, &root, "text-report", json!({"text": long})).await;
+    node_reaches(env, &root, &id, "review", "awaitingApproval").await;
+    let (status, _) = post(
+        env,
+        &root,
+        &format!("/v1/orgs/acme/runs/{id}/nodes/review/reject"),
+        json!({"comment": "no"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"]["code"], "rejected");
+
+    // The planner may run workflows in its job space but not call the word
+    // counter: the call is refused, with the decision on record.
+    let (status, _) = post(
+        env,
+        &planner,
+        "/v1/orgs/acme/workflows/text-report/runs",
+        json!({"input": {"text": "a b"}}),
+    )
+    .await;
+    assert_eq!(status, 403, "the planner works in its job space only");
+    let id = start_in(
+        env,
+        &planner,
+        "text-report",
+        json!({"text": "a b"}),
+        Some("research"),
+    )
+    .await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "forbidden", "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let started = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "NodeStarted")
+        .unwrap();
+    assert_eq!(
+        started["data"]["checks"]["authorization"]["allowed"], false,
+        "{started}"
+    );
+    assert_eq!(
+        started["data"]["checks"]["authorization"]["deniedBecause"],
+        "no_grant"
+    );
+
+    // A budget used up mid-run: the next call is refused before it starts
+    // and the breach is on the contract.
+    let thrifty = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: thrifty, org: acme}
+spec:
+  version: "1"
+  budget: {calls: 1}
+  nodes:
+    - {name: first, tool: util.echo, input: {n: "1"}}
+    - {name: second, needs: [first], tool: util.echo, input: {n: "2"}}
+"#;
+    let (status, body) = env.apply(&root, thrifty, "").await;
+    assert_eq!(status, 200, "{body}");
+    let id = start(env, &root, "thrifty", json!({})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "contract_breach", "{run}");
+    assert_eq!(run["nodes"][0]["status"], "succeeded", "{run}");
+    let (_, contract) = env
+        .get(
+            &format!(
+                "/v1/orgs/acme/runs/{id}/contract?minPosition={}",
+                run["meta"]["position"]
+            ),
+            &root,
+        )
+        .await;
+    assert_eq!(contract["breaches"], 1, "{contract}");
+    assert_eq!(contract["callsUsed"], 1, "{contract}");
+
+    // Failures retry, then fail the run with the tool's own code; a
+    // cancelled run stops its running tool.
+    let flaky = r#"
+apiVersion: charter.dev/v1
+kind: Tool
+metadata: {name: test.flaky, org: acme}
+spec:
+  version: "1"
+  runtime:
+    process:
+      command: [sh, -c, "echo broken >&2; exit 3"]
+  limits: {timeout: 5s}
+---
+apiVersion: charter.dev/v1
+kind: Tool
+metadata: {name: test.sleepy, org: acme}
+spec:
+  version: "1"
+  runtime:
+    process:
+      command: [sh, -c, "echo $$ > \"$PIDFILE\"; exec sleep 600"]
+      env: {PIDFILE: "PIDFILE_PATH"}
+  limits: {timeout: 10m}
+"#;
+    let pidfile = env.dir.0.join("sleepy.pid");
+    let flaky = flaky.replace("PIDFILE_PATH", pidfile.to_str().unwrap());
+    let (status, body) = env.apply(&root, &flaky, "").await;
+    assert_eq!(status, 200, "{body}");
+    for tool in ["test.flaky", "test.sleepy"] {
+        let (status, body) = post(
+            env,
+            &root,
+            &format!("/v1/orgs/acme/tools/{tool}/versions/1/approve"),
+            json!(null),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let flows = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: flaky, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: try, tool: test.flaky, retry: {attempts: 2, backoff: 100ms}}
+---
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: sleepy, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: nap, tool: test.sleepy}
+"#;
+    let (status, body) = env.apply(&root, flows, "").await;
+    assert_eq!(status, 200, "{body}");
+    let id = start(env, &root, "flaky", json!({})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"]["code"], "exit_nonzero", "{run}");
+    assert_eq!(run["nodes"][0]["attempts"], 2, "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let failed = trace_types(&trace)
+        .iter()
+        .filter(|t| *t == "AttemptFailed")
+        .count();
+    assert_eq!(failed, 2);
+
+    let id = start(env, &root, "sleepy", json!({})).await;
+    node_reaches(env, &root, &id, "nap", "running").await;
+    let (status, body) = post(
+        env,
+        &root,
+        &format!("/v1/orgs/acme/runs/{id}/cancel"),
+        json!({"reason": "not needed"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "cancelled");
+    // The sleeping tool is gone.
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("the tool wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned));
+        if state.as_deref().is_none_or(|s| s == "Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled tool {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Another org sees none of it.
+    let globex = r#"
+apiVersion: charter.dev/v1
+kind: Organization
+metadata: {name: globex}
+spec: {displayName: Globex}
+---
+apiVersion: charter.dev/v1
+kind: Subject
+metadata: {name: gina, org: globex}
+spec: {kind: user, displayName: Gina}
+---
+apiVersion: charter.dev/v1
+kind: Role
+metadata: {name: admin, org: globex}
+spec:
+  rules: [{actions: ["*"], resources: ["*"]}]
+  tools: ["*"]
+---
+apiVersion: charter.dev/v1
+kind: RoleBinding
+metadata: {name: gina-admin, org: globex}
+spec: {subject: gina, role: admin}
+"#;
+    let (status, body) = env.apply(&root, globex, "").await;
+    assert_eq!(status, 200, "{body}");
+    let gina = env.token("globex:gina", "1h");
+    for path in [
+        format!("/v1/orgs/acme/runs/{id}"),
+        format!("/v1/orgs/acme/runs/{id}/events"),
+        format!("/v1/orgs/acme/runs/{id}/contract"),
+        "/v1/orgs/acme/runs".to_owned(),
+        "/v1/orgs/acme/workflows/text-report".to_owned(),
+    ] {
+        let (status, body) = env.get(&path, &gina).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, _) = post(
+        env,
+        &gina,
+        "/v1/orgs/acme/workflows/text-report/runs",
+        json!({"input": {"text": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(
+        env,
+        &gina,
+        &format!("/v1/orgs/acme/runs/{id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, runs) = env.get("/v1/orgs/acme/runs?first=100", &root).await;
+    assert!(runs["items"].as_array().unwrap().len() >= 6, "{runs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_the_embedded_default() {
+    let env = Env::start(TempDir::new(), vec![]);
+    scenario(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_postgres_and_jetstream() {
+    let (_schema, _stream, settings) = postgres_and_jetstream("runs");
+    let env = Env::start(TempDir::new(), settings);
+    scenario(&env).await;
+}
