@@ -15,19 +15,29 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn start(dir: TempDir, extra: Vec<(&'static str, String)>) -> Self {
+    fn serve(dir: &TempDir, extra: &[(&'static str, String)]) -> Server {
         let mut command = charter_command(&dir.0);
-        for (key, value) in &extra {
+        for (key, value) in extra {
             command.env(key, value);
         }
         command.env("CHARTER_MAX_BODY_BYTES", "65536");
-        let server = Server::start(command);
+        Server::start(command)
+    }
+
+    pub fn start(dir: TempDir, extra: Vec<(&'static str, String)>) -> Self {
+        let server = Self::serve(&dir, &extra);
         Self {
             dir,
             server,
             http: reqwest::Client::new(),
             extra,
         }
+    }
+
+    /// Starts the server again on the same data, after it stopped (or was
+    /// killed).
+    pub fn restart(&mut self) {
+        self.server = Self::serve(&self.dir, &self.extra);
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {

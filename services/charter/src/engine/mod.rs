@@ -47,8 +47,8 @@ pub struct Engine {
 struct Driver {
     runs: HashMap<RunId, Run>,
     /// Tasks queued by this process (a task is queued once per attempt,
-    /// or again when its lease ran out).
-    queued: HashSet<(Task, i64)>,
+    /// and again when its lease ran out).
+    queued: HashSet<Task>,
     timers: BTreeMap<i64, HashSet<RunId>>,
 }
 
@@ -181,7 +181,7 @@ impl Engine {
         if state.status.is_final() {
             self.running.cancel_run(id);
             driver.runs.remove(id);
-            driver.queued.retain(|(task, _)| task.run != *id);
+            driver.queued.retain(|task| task.run != *id);
             self.finish(&state).await;
             return;
         }
@@ -250,13 +250,14 @@ impl Engine {
             run: id.clone(),
             node: node.clone(),
             attempt,
+            lease,
         };
-        if !driver.queued.insert((task.clone(), lease)) {
+        if !driver.queued.insert(task.clone()) {
             return;
         }
         if let Err(error) = self.queue.push(&task).await {
             tracing::warn!(run = %id, %node, %error, "a task could not be queued; trying again soon");
-            driver.queued.remove(&(task, lease));
+            driver.queued.remove(&task);
             driver
                 .timers
                 .entry(now_ms() + 1000)

@@ -23,11 +23,16 @@ pub struct Task {
     pub run: RunId,
     pub node: NodeName,
     pub attempt: u32,
+    /// For a node taken back from a worker that went away: the lease that
+    /// ran out (0 for a first dispatch), so that the new task is not taken
+    /// for a repeat of the old one.
+    #[serde(default)]
+    pub lease: i64,
 }
 
 impl Task {
     fn key(&self) -> String {
-        format!("{}/{}/{}", self.run, self.node, self.attempt)
+        format!("{}/{}/{}/{}", self.run, self.node, self.attempt, self.lease)
     }
 }
 
