@@ -61,7 +61,10 @@ fn succeeded_in_log(env: &Env) -> BTreeSet<String> {
         .map(|e| {
             let stream = e["stream_id"].as_str().unwrap_or_default();
             let run = stream.strip_prefix("workflow_run-").unwrap_or(stream);
-            format!("{run}/{}", e["payload"]["node"].as_str().unwrap_or_default())
+            format!(
+                "{run}/{}",
+                e["payload"]["node"].as_str().unwrap_or_default()
+            )
         })
         .collect()
 }
@@ -106,7 +109,10 @@ async fn scenario(mut env: Env) {
     // Tools started before the crash may still be finishing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ran_before = executions(&steps);
-    assert!(!done_before.is_empty(), "some nodes should have completed before the crash");
+    assert!(
+        !done_before.is_empty(),
+        "some nodes should have completed before the crash"
+    );
     assert!(
         done_before.len() < runs.len() * 4,
         "some nodes should still have been pending at the crash"
@@ -121,7 +127,10 @@ async fn scenario(mut env: Env) {
                 assert_eq!(run["status"], "succeeded", "{run}");
                 break;
             }
-            assert!(Instant::now() < deadline, "run {id} did not complete: {run}");
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not complete: {run}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

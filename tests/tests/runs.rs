@@ -81,6 +81,82 @@ async fn start_in(
     started["id"].as_str().unwrap().to_owned()
 }
 
+/// A run's event types from the GraphQL subscription, until it ends.
+async fn subscribe(env: &Env, token: &str, id: &str) -> Vec<String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = env
+        .server
+        .url("/graphql")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    socket.send(Message::text(init.to_string())).await.unwrap();
+    let query =
+        format!(r#"subscription {{ runEvents(org: "acme", id: "{id}") {{ type version }} }}"#);
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
+    socket
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    let mut types = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, socket.next()).await {
+        let Ok(Message::Text(text)) = message else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        match message["type"].as_str() {
+            Some("next") => {
+                assert!(message["payload"]["errors"].is_null(), "{message}");
+                types.push(
+                    message["payload"]["data"]["runEvents"]["type"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            Some("complete") => return types,
+            Some("error") => panic!("{message}"),
+            _ => {}
+        }
+    }
+    panic!("the subscription did not complete: {types:?}");
+}
+
+/// A run's event types from the REST WebSocket, until it closes.
+async fn watch(env: &Env, token: &str, id: &str) -> Vec<String> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = env
+        .server
+        .url(&format!("/v1/orgs/acme/runs/{id}/watch?token={token}"))
+        .replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut types = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(30), socket.next()).await
+    {
+        match message {
+            Message::Text(text) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                types.push(event["type"].as_str().unwrap().to_owned());
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    types
+}
+
 fn trace_types(trace: &Value) -> Vec<String> {
     trace
         .as_array()
@@ -410,6 +486,65 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // GraphQL: start a run, follow it live over the subscription and over
+    // the REST WebSocket, then read it with its trace and contract.
+    let answer = env
+        .graphql(
+            Some(&root),
+            r#"mutation { startRun(org: "acme", workflow: "text-report", run: {input: {text: "to be or not"}}) { id position } }"#,
+        )
+        .await;
+    let id = answer["data"]["startRun"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_owned();
+    let live = subscribe(env, &root, &id).await;
+    assert_eq!(
+        live.first().map(String::as_str),
+        Some("Started"),
+        "{live:?}"
+    );
+    assert_eq!(
+        live.last().map(String::as_str),
+        Some("Completed"),
+        "{live:?}"
+    );
+    let watched = watch(env, &root, &id).await;
+    assert_eq!(watched, live, "both live traces tell the same story");
+    let position = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    let answer = env
+        .graphql(
+            Some(&root),
+            &format!(
+                r#"{{ organization(name: "acme", minPosition: {position}) {{ run(id: "{id}") {{ status output nodes {{ name status }} trace {{ type }} contract {{ callsUsed tools {{ name version }} }} }} }} }}"#
+            ),
+        )
+        .await;
+    let run = &answer["data"]["organization"]["run"];
+    assert_eq!(run["status"], "succeeded", "{answer}");
+    assert_eq!(run["output"]["words"], 4);
+    assert_eq!(run["contract"]["callsUsed"], 2);
+    assert_eq!(run["trace"].as_array().unwrap().len(), live.len());
+    let answer = env
+        .graphql(
+            Some(&root),
+            &format!(r#"mutation {{ cancelRun(org: "acme", id: "{id}") {{ events }} }}"#),
+        )
+        .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "run_ended",
+        "{answer}"
+    );
 
     // Another org sees none of it.
     let globex = r#"

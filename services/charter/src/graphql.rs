@@ -1,16 +1,17 @@
-//! GraphQL at `/graphql` (GraphiQL on GET): organizations with filters and
-//! cursor pagination, their subjects, roles, bindings, job spaces and
-//! policies, `checkAccess`, the audit log, and the mutations `apply` and
-//! `submitCommand`. Every resolver goes through the gateway, so REST and
+//! GraphQL at `/graphql` (GraphiQL on GET, subscriptions over a WebSocket
+//! with the `graphql-transport-ws` or `graphql-ws` protocol): organizations
+//! with filters and cursor pagination, their subjects, roles, bindings, job
+//! spaces, policies, tools, workflows and runs (with trace and contract),
+//! `checkAccess`, the audit log; the mutations `apply`, `submitCommand`,
+//! `startRun`, `cancelRun` and `answerApproval`; the subscription
+//! `runEvents`, a run's live trace. Every resolver goes through the gateway, so REST and
 //! GraphQL authorize and isolate alike; errors carry `extensions.code`.
 //! Depth and complexity are limited (each list field costs its page size
 //! times what it selects).
 
 use std::sync::Arc;
 
-use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, Json, Object, Schema, SimpleObject,
-};
+use async_graphql::{Context, ErrorExtensions, Json, Object, Schema, SimpleObject};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,9 +25,10 @@ use crate::auth::Principal;
 use crate::gateway::apply::{ApplyOptions, ApplyReport};
 use crate::gateway::commands::CommandRequest;
 use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, PageArgs};
+use crate::gateway::runs::{RunChanged, RunStarted, StartRunRequest};
 use crate::gateway::views::{
     AuditEntryView, BindingView, DecisionView, JobSpaceView, Meta, OrgView, PolicyView, RoleView,
-    SubjectView, Tag, ToolView,
+    RunView, SubjectView, Tag, ToolView, TraceEventView, WorkflowView,
 };
 use crate::gateway::{ApiError, Caller, CommandReport, Gateway};
 
@@ -36,7 +38,7 @@ pub const MAX_DEPTH: usize = 12;
 /// its selection).
 pub const MAX_COMPLEXITY: usize = 20_000;
 
-pub type CharterSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type CharterSchema = Schema<Query, Mutation, Subscription>;
 
 /// The request's authentication outcome, put in the context.
 struct Auth(Result<Principal, ApiError>);
@@ -95,6 +97,8 @@ page_type!(RolePage, RoleView);
 page_type!(RoleBindingPage, BindingView);
 page_type!(PolicyPage, PolicyView);
 page_type!(ToolPage, ToolView);
+page_type!(WorkflowPage, WorkflowView);
+page_type!(RunPage, RunView);
 page_type!(AuditPage, AuditEntryView);
 
 /// An organization, with what lives in it, and the log position its
@@ -291,6 +295,116 @@ impl Organization {
             .await
             .map_err(error)
     }
+
+    /// The org's workflows and their versions.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn workflows(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<WorkflowPage> {
+        let caller = caller(ctx, "Organization.workflows")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::Workflow,
+                &filter.unwrap_or_default(),
+                &page(first, after, self.1),
+                reads::workflow_item,
+                reads::keep_any,
+                |v: &WorkflowView| v.name.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(WorkflowPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    /// The org's workflow runs (filter by `status` and `workflow`).
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DirectoryFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<RunPage> {
+        let caller = caller(ctx, "Organization.runs")?;
+        let p = gateway(ctx)?
+            .list_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::WorkflowRun,
+                &filter.unwrap_or_default(),
+                &page(first, after, self.1),
+                reads::run_item,
+                reads::keep_run,
+                |v: &RunView| v.id.clone(),
+            )
+            .await
+            .map_err(error)?;
+        Ok(RunPage {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        })
+    }
+
+    /// One run, by id.
+    async fn run(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<RunView> {
+        let caller = caller(ctx, "Organization.run")?;
+        gateway(ctx)?
+            .get_directory(
+                &caller,
+                &self.0.name,
+                ResourceKind::WorkflowRun,
+                &id,
+                self.1,
+                reads::run_item,
+            )
+            .await
+            .map_err(error)
+    }
+}
+
+#[async_graphql::ComplexObject]
+impl RunView {
+    /// The run's execution trace, oldest first.
+    #[graphql(complexity = "500 * child_complexity")]
+    async fn trace(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<u64>,
+    ) -> async_graphql::Result<Vec<TraceEventView>> {
+        let caller = caller(ctx, "WorkflowRun.trace")?;
+        gateway(ctx)?
+            .run_trace(
+                &caller,
+                &self.org,
+                &self.id,
+                after.unwrap_or(0),
+                500,
+                std::time::Duration::ZERO,
+            )
+            .await
+            .map_err(error)
+    }
+
+    /// The contract the run works under.
+    async fn contract(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<crate::gateway::views::ContractView> {
+        let caller = caller(ctx, "WorkflowRun.contract")?;
+        gateway(ctx)?
+            .run_contract(&caller, &self.org, &self.id, Some(self.meta.position))
+            .await
+            .map_err(error)
+    }
 }
 
 #[derive(SimpleObject)]
@@ -440,11 +554,90 @@ impl Mutation {
         })?;
         gateway(ctx)?.submit(&caller, &request).await.map_err(error)
     }
+
+    /// Starts a run of a workflow.
+    async fn start_run(
+        &self,
+        ctx: &Context<'_>,
+        org: String,
+        workflow: String,
+        run: Option<StartRunRequest>,
+    ) -> async_graphql::Result<RunStarted> {
+        let caller = caller(ctx, "startRun")?;
+        gateway(ctx)?
+            .start_workflow_run(&caller, &org, &workflow, &run.unwrap_or_default())
+            .await
+            .map_err(error)
+    }
+
+    /// Cancels a run; its running tools are stopped.
+    async fn cancel_run(
+        &self,
+        ctx: &Context<'_>,
+        org: String,
+        id: String,
+        reason: Option<String>,
+    ) -> async_graphql::Result<RunChanged> {
+        let caller = caller(ctx, "cancelRun")?;
+        gateway(ctx)?
+            .cancel_run(&caller, &org, &id, reason.as_deref().unwrap_or(""))
+            .await
+            .map_err(error)
+    }
+
+    /// Approves (or rejects) an approval node of a run.
+    async fn answer_approval(
+        &self,
+        ctx: &Context<'_>,
+        org: String,
+        id: String,
+        node: String,
+        approved: bool,
+        comment: Option<String>,
+    ) -> async_graphql::Result<RunChanged> {
+        let caller = caller(ctx, "answerApproval")?;
+        gateway(ctx)?
+            .answer_approval(
+                &caller,
+                &org,
+                &id,
+                &node,
+                approved,
+                comment.as_deref().unwrap_or(""),
+            )
+            .await
+            .map_err(error)
+    }
+}
+
+pub struct Subscription;
+
+#[async_graphql::Subscription]
+impl Subscription {
+    /// A run's live trace: every event already recorded, then each new one
+    /// as it happens; the stream ends after the run's last event.
+    async fn run_events(
+        &self,
+        ctx: &Context<'_>,
+        org: String,
+        id: String,
+    ) -> async_graphql::Result<
+        impl futures::Stream<Item = async_graphql::Result<TraceEventView>> + use<>,
+    > {
+        use futures::StreamExt;
+        let caller = caller(ctx, "runEvents")?;
+        let gateway = Arc::clone(gateway(ctx)?);
+        let run = gateway
+            .watchable_run(&caller, &org, &id)
+            .await
+            .map_err(error)?;
+        Ok(crate::watch::follow_run(gateway, run, 0).map(|event| event.map_err(error)))
+    }
 }
 
 /// The schema, without its per-request data.
 pub fn schema(gateway: Option<Arc<Gateway>>) -> CharterSchema {
-    let mut builder = Schema::build(Query, Mutation, EmptySubscription)
+    let mut builder = Schema::build(Query, Mutation, Subscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY);
     if let Some(gateway) = gateway {
@@ -509,8 +702,87 @@ fn graphql_failure(status: axum::http::StatusCode, code: &str, message: &str) ->
         .into_response()
 }
 
-async fn graphiql() -> Html<&'static str> {
-    Html(include_str!("graphiql.html"))
+/// GraphiQL for a browser; a WebSocket upgrade carries subscriptions.
+async fn graphiql(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return Html(include_str!("graphiql.html")).into_response();
+    };
+    use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols, WsMessage};
+    use futures::{SinkExt, StreamExt};
+    let protocol = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+        })
+        .unwrap_or(WebSocketProtocols::GraphQLWS);
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let (mut sink, stream) = socket.split();
+            let input = stream
+                .take_while(|m| futures::future::ready(m.is_ok()))
+                .filter_map(|m| async move {
+                    match m {
+                        Ok(axum::extract::ws::Message::Text(text)) => {
+                            Some(text.as_str().as_bytes().to_vec())
+                        }
+                        Ok(axum::extract::ws::Message::Binary(bytes)) => Some(bytes.to_vec()),
+                        _ => None,
+                    }
+                })
+                .boxed();
+            let gateway = Arc::clone(&state.gateway);
+            let mut output = async_graphql::http::WebSocket::new(state.schema, input, protocol)
+                .on_connection_init(move |payload| async move {
+                    // The credential comes with the upgrade request or, from
+                    // browsers, in the init payload.
+                    let credential = from_header.or_else(|| {
+                        payload
+                            .get("Authorization")
+                            .or_else(|| payload.get("authorization"))
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned)
+                    });
+                    let mut data = async_graphql::Data::default();
+                    data.insert(Auth(gateway.authenticate(credential.as_deref())));
+                    Ok(data)
+                });
+            while let Some(message) = output.next().await {
+                let sent = match message {
+                    WsMessage::Text(text) => {
+                        sink.send(axum::extract::ws::Message::Text(text.into()))
+                            .await
+                    }
+                    WsMessage::Close(code, reason) => {
+                        let _ = sink
+                            .send(axum::extract::ws::Message::Close(Some(
+                                axum::extract::ws::CloseFrame {
+                                    code,
+                                    reason: reason.into(),
+                                },
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        })
 }
 
 pub fn router(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {

@@ -502,6 +502,7 @@ pub struct NodeView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(complex, name = "WorkflowRun")]
 pub struct RunView {
     /// The run's id (a UUID), which its contract shares.
     pub id: String,
