@@ -74,6 +74,23 @@ impl Client {
         .into())
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.server)).json(body))
+            .await
+    }
+
+    /// The org a command acts in: the one given, else the credential's own.
+    pub async fn org(&self, given: Option<String>) -> anyhow::Result<String> {
+        if let Some(org) = given {
+            return Ok(org);
+        }
+        let me = self.get("/v1/whoami", &[]).await?;
+        me["org"]
+            .as_str()
+            .map(str::to_owned)
+            .context("root belongs to no org: name one with --org")
+    }
+
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.send(self.http.get(format!("{}{path}", self.server)).query(query))
             .await
@@ -159,8 +176,11 @@ pub fn kind_path(kind: &str) -> anyhow::Result<(&'static str, bool)> {
         "policy" | "policies" => ("policies", true),
         "jobspace" | "jobspaces" => ("jobspaces", true),
         "audit" | "auditlog" => ("audit", true),
+        "tool" | "tools" => ("tools", true),
+        "workflow" | "workflows" => ("workflows", true),
+        "run" | "runs" | "workflowrun" | "workflowruns" => ("runs", true),
         other => bail!(
-            "unknown kind `{other}` (orgs, subjects, roles, rolebindings, policies, jobspaces, audit)"
+            "unknown kind `{other}` (orgs, subjects, roles, rolebindings, policies, jobspaces, tools, workflows, runs, audit)"
         ),
     })
 }
@@ -193,6 +213,13 @@ pub fn print_objects(value: &Value, output: &str) -> anyhow::Result<()> {
                 Some(first) if first.get("principal").is_some() => {
                     &["at", "principal", "action", "kind", "resource", "reason"]
                 }
+                Some(first) if first.get("latestApproved").is_some() || first.get("versions").is_some_and(|v| v[0].get("status").is_some()) => {
+                    &["name", "latestApproved"]
+                }
+                Some(first) if first.get("startedBy").is_some() => {
+                    &["id", "workflow", "status", "startedBy", "startedAt"]
+                }
+                Some(first) if first.get("versions").is_some() => &["name", "latest"],
                 _ => &["name", "displayName"],
             };
             let cell = |item: &Value, column: &str| match &item[column] {

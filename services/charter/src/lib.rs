@@ -24,6 +24,7 @@ pub mod graphql;
 pub mod http;
 pub mod manifests;
 pub mod rest;
+pub mod runs_cli;
 pub mod schemas;
 pub mod telemetry;
 pub mod watch;

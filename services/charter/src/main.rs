@@ -67,6 +67,112 @@ enum Command {
     Diff(ApplyArgs),
     /// Read objects back from a running server.
     Get(GetArgs),
+    /// Approve or revoke tool versions on a running server.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+    /// Start, watch, inspect, approve and cancel workflow runs.
+    #[command(subcommand)]
+    Run(RunCommand),
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Approve a version, so that it can run.
+    Approve {
+        name: String,
+        version: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a version: it never runs again.
+    Revoke {
+        name: String,
+        version: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// Start a run of a workflow; prints its id (and, with --watch, its
+    /// trace).
+    Start {
+        workflow: String,
+        /// The run's input: a JSON file, or `-` for standard input.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// The workflow version (the latest when omitted).
+        #[arg(long)]
+        version: Option<String>,
+        /// The job space the run works in.
+        #[arg(long)]
+        job_space: Option<String>,
+        /// Follow the trace until the run ends.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a run's trace as it happens, until it ends (exit status 1
+    /// when it failed or was cancelled).
+    Watch {
+        id: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a run and its nodes.
+    Get {
+        id: String,
+        #[arg(long)]
+        org: Option<String>,
+        /// json, yaml or table.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the contract a run works under.
+    Contract {
+        id: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Answer an approval node (approve, or reject with --reject).
+    Approve {
+        id: String,
+        node: String,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a run; its running tools stop.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -246,6 +352,8 @@ fn main() -> ExitCode {
         Command::Apply(_)
             | Command::Diff(_)
             | Command::Get(_)
+            | Command::Tool(_)
+            | Command::Run(_)
             | Command::Bench(BenchCommand::Commands { .. })
     ) {
         return client(cli.command);
@@ -346,7 +454,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Policy { .. } | BenchCommand::Commands { .. }) => Ok(()),
-        Command::Apply(_) | Command::Diff(_) | Command::Get(_) | Command::Schema(_) => Ok(()),
+        Command::Apply(_)
+        | Command::Diff(_)
+        | Command::Get(_)
+        | Command::Tool(_)
+        | Command::Run(_)
+        | Command::Schema(_) => Ok(()),
         Command::Token(TokenCommand::Issue { subject, ttl }) => {
             let principal: charter::auth::Principal =
                 subject.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -428,6 +541,8 @@ fn client(command: Command) -> ExitCode {
             Command::Apply(args) => apply(args, token, false).await,
             Command::Diff(args) => apply(args, token, true).await,
             Command::Get(args) => get(args, token).await,
+            Command::Tool(command) => tool(command, token).await,
+            Command::Run(command) => run_client(command, token).await,
             Command::Bench(BenchCommand::Commands {
                 concurrency,
                 commands,
@@ -511,6 +626,111 @@ async fn get(args: GetArgs, token: Option<String>) -> anyhow::Result<()> {
         all_pages(&client, "/v1/orgs").await?
     };
     charter::client::print_objects(&value, &args.output)
+}
+
+async fn tool(command: ToolCommand, token: Option<String>) -> anyhow::Result<()> {
+    use charter::runs_cli::approve_tool;
+    match command {
+        ToolCommand::Approve {
+            name,
+            version,
+            org,
+            client,
+        } => {
+            let client = charter::client::Client::new(client.server, token)?;
+            let org = client.org(org).await?;
+            approve_tool(&client, &org, &name, &version, None).await
+        }
+        ToolCommand::Revoke {
+            name,
+            version,
+            reason,
+            org,
+            client,
+        } => {
+            let client = charter::client::Client::new(client.server, token)?;
+            let org = client.org(org).await?;
+            approve_tool(&client, &org, &name, &version, Some(reason)).await
+        }
+    }
+}
+
+async fn run_client(command: RunCommand, token: Option<String>) -> anyhow::Result<()> {
+    use charter::runs_cli as cli;
+    let connect = |client: ClientArgs| charter::client::Client::new(client.server, token.clone());
+    match command {
+        RunCommand::Start {
+            workflow,
+            input,
+            version,
+            job_space,
+            watch,
+            org,
+            client,
+        } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            let input = cli::read_input(input.as_deref())?;
+            let id = cli::start(
+                &client,
+                cli::Start {
+                    org: &org,
+                    workflow: &workflow,
+                    input,
+                    version,
+                    job_space,
+                },
+            )
+            .await?;
+            println!("{id}");
+            if watch {
+                cli::watch(&client, &org, &id).await?;
+            }
+            Ok(())
+        }
+        RunCommand::Watch { id, org, client } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            cli::watch(&client, &org, &id).await
+        }
+        RunCommand::Get {
+            id,
+            org,
+            output,
+            client,
+        } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            cli::show(&client, &org, &id, &output).await
+        }
+        RunCommand::Contract { id, org, client } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            cli::contract(&client, &org, &id).await
+        }
+        RunCommand::Approve {
+            id,
+            node,
+            reject,
+            comment,
+            org,
+            client,
+        } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            cli::answer(&client, &org, &id, &node, reject, comment).await
+        }
+        RunCommand::Cancel {
+            id,
+            reason,
+            org,
+            client,
+        } => {
+            let client = connect(client)?;
+            let org = client.org(org).await?;
+            cli::cancel(&client, &org, &id, reason).await
+        }
+    }
 }
 
 /// Follows `nextCursor` to the end of a listing.
