@@ -132,6 +132,21 @@ fn validate_checks_manifests_offline() {
 }
 
 #[test]
+fn bench_tool_call_prints_its_figures() {
+    let dir = TempDir::new();
+    let output = charter_command(&dir.0)
+        .args(["bench", "tool-call", "--calls", "5"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let figures = last_json_line(&output.stdout);
+    assert_eq!(figures["calls"], 5);
+    for key in ["bare_spawn_p50_ms", "tool_call_p50_ms"] {
+        assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+    }
+}
+
+#[test]
 fn bench_policy_prints_its_figures() {
     let dir = TempDir::new();
     let output = charter_command(&dir.0)

@@ -615,3 +615,33 @@ async fn runs_on_postgres_and_jetstream() {
     let env = Env::start(TempDir::new(), settings);
     scenario(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_workflow_prints_its_figures() {
+    let env = Env::start(TempDir::new(), vec![]);
+    let root = env.token("root", "1h");
+    let output = charter_tests::charter_command(&env.dir.0)
+        .env("CHARTER_SERVER", env.server.url(""))
+        .env("CHARTER_TOKEN", &root)
+        .args([
+            "bench",
+            "workflow",
+            "--runs",
+            "30",
+            "--steps",
+            "3",
+            "--concurrency",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let figures: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(figures["runs"], 30, "{figures}");
+    assert_eq!(figures["failed"], 0, "{figures}");
+    assert_eq!(figures["concurrency"], 4);
+    for key in ["runs_per_sec", "p50_ms", "p99_ms"] {
+        assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+    }
+}

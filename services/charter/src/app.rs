@@ -174,7 +174,9 @@ impl Application {
             }
             None => Arc::new(crate::engine::queue::InProcessQueue::default()),
         };
+        let signals = Arc::new(crate::engine::RunSignals::default());
         let engine = Arc::new(crate::engine::Engine {
+            signals: Arc::clone(&signals),
             handler: handler.clone(),
             access: Arc::clone(&access),
             executor: Arc::new(charter_executor::Executor::new(Arc::new(
@@ -186,6 +188,7 @@ impl Application {
         });
         let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());
         let gateway = Arc::new(Gateway {
+            run_signals: signals,
             handler,
             read_models: Arc::clone(&self.read_models),
             access,

@@ -213,7 +213,12 @@ pub fn print_objects(value: &Value, output: &str) -> anyhow::Result<()> {
                 Some(first) if first.get("principal").is_some() => {
                     &["at", "principal", "action", "kind", "resource", "reason"]
                 }
-                Some(first) if first.get("latestApproved").is_some() || first.get("versions").is_some_and(|v| v[0].get("status").is_some()) => {
+                Some(first)
+                    if first.get("latestApproved").is_some()
+                        || first
+                            .get("versions")
+                            .is_some_and(|v| v[0].get("status").is_some()) =>
+                {
                     &["name", "latestApproved"]
                 }
                 Some(first) if first.get("startedBy").is_some() => {

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_commands;
 pub mod bench_policy;
+pub mod bench_workflow;
 pub mod client;
 pub mod config;
 pub mod engine;

@@ -303,6 +303,25 @@ enum BenchCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Workflow runs over HTTP against a running server (CHARTER_SERVER,
+    /// with a root CHARTER_TOKEN): runs per second and start-to-completion
+    /// latency of a workflow of `--steps` built-in no-op tool calls.
+    Workflow {
+        #[arg(long, default_value_t = 3000)]
+        runs: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One process-tool call through the executor against the bare spawn
+    /// of the same program, in process.
+    ToolCall {
+        #[arg(long, default_value_t = 300)]
+        calls: usize,
+    },
     /// The whole access decision path, in process (needs no store).
     Policy {
         #[arg(long, default_value_t = 1000)]
@@ -355,6 +374,8 @@ fn main() -> ExitCode {
             | Command::Tool(_)
             | Command::Run(_)
             | Command::Bench(BenchCommand::Commands { .. })
+            | Command::Bench(BenchCommand::Workflow { .. })
+            | Command::Bench(BenchCommand::ToolCall { .. })
     ) {
         return client(cli.command);
     }
@@ -453,7 +474,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{figures}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Policy { .. } | BenchCommand::Commands { .. }) => Ok(()),
+        Command::Bench(
+            BenchCommand::Policy { .. }
+            | BenchCommand::Commands { .. }
+            | BenchCommand::Workflow { .. }
+            | BenchCommand::ToolCall { .. },
+        ) => Ok(()),
         Command::Apply(_)
         | Command::Diff(_)
         | Command::Get(_)
@@ -561,6 +587,30 @@ fn client(command: Command) -> ExitCode {
                     lag_every,
                 };
                 let figures = charter::bench_commands::run(plan).await?;
+                println!("{figures}");
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Workflow {
+                runs,
+                steps,
+                concurrency,
+                client,
+            }) => {
+                let plan = charter::bench_workflow::Plan {
+                    server: client
+                        .server
+                        .unwrap_or_else(|| charter::client::DEFAULT_SERVER.to_owned()),
+                    root_token: token.context("set CHARTER_TOKEN to a root token")?,
+                    runs,
+                    steps,
+                    concurrency,
+                };
+                let figures = charter::bench_workflow::run(plan).await?;
+                println!("{figures}");
+                Ok(())
+            }
+            Command::Bench(BenchCommand::ToolCall { calls }) => {
+                let figures = charter::bench_workflow::tool_call(calls).await?;
                 println!("{figures}");
                 Ok(())
             }

@@ -20,8 +20,9 @@ pub fn read_input(path: Option<&Path>) -> anyhow::Result<Value> {
             std::io::stdin().read_to_string(&mut text)?;
             text
         }
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
     };
     serde_json::from_str(&text).context("the input must be one JSON value")
 }
@@ -44,7 +45,11 @@ pub async fn approve_tool(
         )
         .await?;
     let changed = report["events"].as_array().is_some_and(|e| !e.is_empty());
-    let done = if verb == "approve" { "approved" } else { "revoked" };
+    let done = if verb == "approve" {
+        "approved"
+    } else {
+        "revoked"
+    };
     println!(
         "tool {name} {version} {}",
         if changed { done } else { "unchanged" }
@@ -202,7 +207,9 @@ pub async fn cancel(
 }
 
 pub async fn show(client: &Client, org: &str, id: &str, output: &str) -> anyhow::Result<()> {
-    let run = client.get(&format!("/v1/orgs/{org}/runs/{id}"), &[]).await?;
+    let run = client
+        .get(&format!("/v1/orgs/{org}/runs/{id}"), &[])
+        .await?;
     if output != "table" {
         return crate::client::print_objects(&run, output);
     }

@@ -1,7 +1,8 @@
 //! Live run traces: a run's events as they happen, starting with those
 //! already recorded. The WebSocket endpoint and the GraphQL subscription
-//! share [`follow_run`]; it wakes on the store's commit notices (polling
-//! only as a fallback) and ends after the run's last event.
+//! share [`follow_run`]; it wakes on the engine's notices for that run
+//! (looking again each second as a fallback) and ends after the run's last
+//! event.
 
 use std::sync::Arc;
 
@@ -27,17 +28,12 @@ pub fn follow_run(
             if done {
                 return None;
             }
-            let mut commits = gateway.handler.store().commits();
             while pending.is_empty() {
-                commits.mark_unchanged();
-                match gateway.trace_after(&run, after, 500).await {
-                    Ok(events) if !events.is_empty() => {
+                let wait = std::time::Duration::from_secs(30);
+                match gateway.trace_waiting(&run, after, 500, wait).await {
+                    Ok(events) => {
                         pending = events;
                         pending.reverse();
-                    }
-                    Ok(_) => {
-                        let poll = gateway.handler.store().poll_interval();
-                        let _ = tokio::time::timeout(poll, commits.changed()).await;
                     }
                     Err(error) => return Some((Err(error), (gateway, run, after, pending, true))),
                 }

@@ -32,7 +32,55 @@ use queue::{Task, TaskQueue};
 use start::now_ms;
 use worker::{Running, Worker};
 
+/// Per-run notices of new events, fed by the driver, so that whoever
+/// follows one run's trace wakes for that run only.
+#[derive(Default)]
+pub struct RunSignals {
+    senders: std::sync::Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
+}
+
+impl RunSignals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, tokio::sync::watch::Sender<u64>>> {
+        self.senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The run's stream reached `version`.
+    fn notify(&self, run: &RunId, version: u64) {
+        let mut senders = self.lock();
+        match senders.get(run) {
+            Some(sender) => {
+                sender.send_replace(version);
+            }
+            None => {
+                senders.insert(run.clone(), tokio::sync::watch::channel(version).0);
+            }
+        }
+    }
+
+    /// The run ended: nobody needs to be woken for it any more.
+    fn forget(&self, run: &RunId) {
+        self.lock().remove(run);
+    }
+
+    /// A receiver that changes when the run records something new.
+    pub fn subscribe(&self, run: &RunId) -> tokio::sync::watch::Receiver<u64> {
+        let mut senders = self.lock();
+        // Followers of runs that ended before they asked leave entries
+        // behind; drop those nobody listens to any more.
+        if senders.len() > 10_000 {
+            senders.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        senders
+            .entry(run.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+}
+
 pub struct Engine {
+    pub signals: Arc<RunSignals>,
     pub handler: CommandHandler,
     pub access: Arc<AccessIndex>,
     pub executor: Arc<Executor>,
@@ -145,6 +193,7 @@ impl Engine {
                                 }
                             };
                             driver.runs.entry(id.clone()).or_default().evolve(&domain);
+                            self.signals.notify(&id, event.version.0);
                             touched.insert(id);
                         }
                         for id in touched {
@@ -180,6 +229,7 @@ impl Engine {
         };
         if state.status.is_final() {
             self.running.cancel_run(id);
+            self.signals.forget(id);
             driver.runs.remove(id);
             driver.queued.retain(|task| task.run != *id);
             self.finish(&state).await;

@@ -261,6 +261,8 @@ impl OrgTree for Tree<'_> {
 
 /// The gateway's shared parts.
 pub struct Gateway {
+    /// Wakes followers of one run's trace when that run records an event.
+    pub run_signals: Arc<crate::engine::RunSignals>,
     pub handler: CommandHandler,
     pub read_models: Arc<dyn ReadModels>,
     pub access: Arc<AccessIndex>,

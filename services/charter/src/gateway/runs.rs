@@ -241,18 +241,32 @@ impl Gateway {
         wait: std::time::Duration,
     ) -> Result<Vec<TraceEventView>, ApiError> {
         let run = self.run_for(caller, org, id, "get").await?;
+        self.trace_waiting(&run, after, limit, wait).await
+    }
+
+    /// The trace after `after`, waiting up to `wait` (at most 30 s) for
+    /// the run's next event when there is none yet. It wakes on the
+    /// engine's notice for this run; reading the stream is the truth, the
+    /// notice only says when to look (a periodic look covers a notice
+    /// missed).
+    pub(crate) async fn trace_waiting(
+        &self,
+        run: &RunId,
+        after: u64,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<TraceEventView>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(std::time::Duration::from_secs(30));
-        let mut commits = self.handler.store().commits();
+        let mut signal = self.run_signals.subscribe(run);
         loop {
-            commits.mark_unchanged();
-            let events = self.trace_after(&run, after, limit).await?;
+            signal.mark_unchanged();
+            let events = self.trace_after(run, after, limit).await?;
             if !events.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(events);
             }
-            let poll = self.handler.store().poll_interval();
             let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + poll),
-                commits.changed(),
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+                signal.wait_for(|version| *version > after),
             )
             .await;
         }
