@@ -487,6 +487,41 @@ spec:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A timer, then a sub-workflow: the parent waits for its child's run
+    // and takes its output.
+    let parent = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: parent, org: acme}
+spec:
+  version: "1"
+  input: {type: object, required: [text]}
+  nodes:
+    - {name: pause, wait: 200ms}
+    - name: child
+      needs: [pause]
+      workflow: {name: text-report}
+      input: {text: input.text}
+  output: "nodes.child.output"
+"#;
+    let (status, body) = env.apply(&root, parent, "").await;
+    assert_eq!(status, 200, "{body}");
+    let id = start(env, &root, "parent", json!({"text": "one two"})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["words"], 2, "{run}");
+    let (_, runs) = env
+        .get("/v1/orgs/acme/runs?first=100&workflow=text-report", &root)
+        .await;
+    assert!(
+        runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["parent"].as_str().is_some_and(|p| p.starts_with(&id))),
+        "the child run names its parent: {runs}"
+    );
+
     // GraphQL: start a run, follow it live over the subscription and over
     // the REST WebSocket, then read it with its trace and contract.
     let answer = env

@@ -278,6 +278,7 @@ pub async fn tool_call(calls: usize) -> anyhow::Result<Value> {
                 spec: &spec,
                 input: &input,
                 idempotency_key: "bench",
+                scopes: &[],
             })
             .await
             .map_err(|f| anyhow::anyhow!("the tool call failed: {f}"))?;

@@ -1,14 +1,17 @@
 //! The `charter` process: configuration, authentication, the gateway that
 //! authorizes every command and query, the HTTP surface (REST under `/v1`
-//! with its OpenAPI document, GraphQL, `/healthz`, `/readyz`, `/metrics`),
-//! the outbox relay and projection runners it starts, the command-line
-//! tools (`serve`, `migrate`, `events`, `token`, `apply`, `diff`, `get`,
-//! `projections`, `schema`, `bench`) and telemetry.
+//! with its OpenAPI document, GraphQL with subscriptions, WebSocket run
+//! traces, `/healthz`, `/readyz`, `/metrics`), the outbox relay, projection
+//! runners and workflow engine (run driver, task queue, workers) it starts,
+//! the command-line tools (`serve`, `migrate`, `events`, `token`, `apply`,
+//! `diff`, `get`, `tool`, `run`, `projections`, `schema`, `bench`) and
+//! telemetry.
 //!
 //! It wires the crates below it together and must hold no business rule:
 //! decisions live in `charter-domain`, storage in `charter-commands`.
-//! As roles grow (gateway, sagas, executors), each moves into its own crate
-//! beside this one and this binary keeps only the wiring.
+//! As roles grow, each moves into its own crate beside this one (the tool
+//! executor already has, in `services/executor`) and this binary keeps
+//! only the wiring.
 
 pub mod app;
 pub mod auth;

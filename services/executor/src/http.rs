@@ -46,6 +46,7 @@ pub(crate) async fn run(
         .request(method, &endpoint.url)
         .timeout(limits.timeout.as_duration())
         .header("Idempotency-Key", call.idempotency_key)
+        .header("Charter-Data-Scopes", call.scopes.join(","))
         .header("Accept", "application/json");
     for (name, value) in &endpoint.headers {
         request = request.header(name.as_str(), value);

@@ -146,6 +146,9 @@ pub struct Call<'a> {
     /// The same for every attempt of one logical call, so that a tool can
     /// recognise a repeat (`CHARTER_IDEMPOTENCY_KEY`, `Idempotency-Key`).
     pub idempotency_key: &'a str,
+    /// The data scopes the call's contract grants, given to the tool
+    /// (`CHARTER_DATA_SCOPES`, `Charter-Data-Scopes`, comma-separated).
+    pub scopes: &'a [String],
 }
 
 struct Schemas {

@@ -126,6 +126,7 @@ pub(crate) async fn run(
         .env("CHARTER_TOOL", call.tool.as_str())
         .env("CHARTER_TOOL_VERSION", call.spec.version.as_str())
         .env("CHARTER_IDEMPOTENCY_KEY", call.idempotency_key)
+        .env("CHARTER_DATA_SCOPES", call.scopes.join(","))
         .envs(process.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(workdir.path())

@@ -48,6 +48,7 @@ async fn call(spec: &ToolSpec, input: Value) -> Result<Success, Failure> {
             spec,
             input: &input,
             idempotency_key: "run-1/node-a",
+            scopes: &["crm:read".to_owned()],
         })
         .await
 }
@@ -108,6 +109,7 @@ async fn the_environment_holds_only_what_the_manifest_lists() {
     assert_eq!(env["GREETING"], "hello");
     assert_eq!(env["CHARTER_IDEMPOTENCY_KEY"], "run-1/node-a");
     assert_eq!(env["CHARTER_TOOL"], "test.tool");
+    assert_eq!(env["CHARTER_DATA_SCOPES"], "crm:read");
     // The secret reached the tool, and its value never leaves it.
     assert_eq!(env["API_TOKEN"], "[redacted]");
     let home = env["HOME"].as_str().unwrap();
@@ -130,6 +132,7 @@ async fn the_environment_holds_only_what_the_manifest_lists() {
         "CHARTER_TOOL",
         "CHARTER_TOOL_VERSION",
         "CHARTER_IDEMPOTENCY_KEY",
+        "CHARTER_DATA_SCOPES",
     ];
     for key in env.keys() {
         assert!(allowed.contains(&key.as_str()), "leaked variable {key}");

@@ -327,12 +327,14 @@ impl Worker {
         }
         // 3. The input schema.
         let idempotency_key = state.idempotency_key(&task.node);
+        let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
         let call = Call {
             org,
             tool: &pinned.name,
             spec: &tool_spec,
             input: &input,
             idempotency_key: &idempotency_key,
+            scopes: &scopes,
         };
         let mut input_check = Value::Null;
         if refusal.is_none() {
