@@ -50,6 +50,9 @@ struct Types {
     subject: EntityTypeName,
     resource: EntityTypeName,
     tool: EntityTypeName,
+    numbers: EntityTypeName,
+    strings: EntityTypeName,
+    flags: EntityTypeName,
     action: EntityTypeName,
 }
 
@@ -66,6 +69,9 @@ fn types() -> &'static Types {
             subject: t("Charter::Subject"),
             resource: t("Charter::Resource"),
             tool: t("Charter::Tool"),
+            numbers: t("Charter::Numbers"),
+            strings: t("Charter::Strings"),
+            flags: t("Charter::Flags"),
             action: t("Charter::Action"),
         }
     })
@@ -404,10 +410,12 @@ impl Authorizer {
         }
     }
 
-    /// Decides whether a subject may call one version of a tool. Role
-    /// grants come from the roles' tool patterns; the org's `call`
-    /// policies see the tool as a `Charter::Tool` entity with its name and
-    /// version, in its org. A forbid always wins.
+    /// Decides whether a subject may call one version of a tool with this
+    /// input. Role grants come from the roles' tool patterns; the org's
+    /// `call` policies see the tool as a `Charter::Tool` entity with its
+    /// name and version, in its org, and the input's top-level scalars as
+    /// the tags of `context.numbers`, `context.strings` and
+    /// `context.flags`. A forbid always wins.
     pub fn decide_call(
         &self,
         org: &OrgName,
@@ -415,6 +423,7 @@ impl Authorizer {
         tool: &str,
         version: &str,
         job_space: Option<&JobSpaceName>,
+        input: &serde_json::Value,
     ) -> AccessDecision {
         let call = Action::parse("call").unwrap_or_else(|e| unreachable!("{e}"));
         let request = AccessRequest {
@@ -481,8 +490,45 @@ impl Authorizer {
                 )
                 .map_err(|e| e.to_string())?,
             );
+            // The input's top-level scalars, by type, as tags.
+            let mut numbers = Vec::new();
+            let mut strings = Vec::new();
+            let mut flags = Vec::new();
+            for (key, value) in input.as_object().into_iter().flatten() {
+                match value {
+                    serde_json::Value::Number(n) => {
+                        if let Some(n) = n.as_i64() {
+                            numbers.push((key.clone(), RestrictedExpression::new_long(n)));
+                        }
+                    }
+                    serde_json::Value::String(s) => {
+                        strings.push((key.clone(), RestrictedExpression::new_string(s.clone())));
+                    }
+                    serde_json::Value::Bool(b) => {
+                        flags.push((key.clone(), RestrictedExpression::new_bool(*b)));
+                    }
+                    _ => {}
+                }
+            }
+            let mut context = Vec::with_capacity(3);
+            for (name, kind, tags) in [
+                ("numbers", &t.numbers, numbers),
+                ("strings", &t.strings, strings),
+                ("flags", &t.flags, flags),
+            ] {
+                let holder = uid(kind, "call");
+                entities.push(
+                    Entity::new_with_tags(holder.clone(), [], [], tags)
+                        .map_err(|e| e.to_string())?,
+                );
+                context.push((
+                    name.to_owned(),
+                    RestrictedExpression::new_entity_uid(holder),
+                ));
+            }
+            let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-            let cedar_request = Request::new(principal, action, resource, Context::empty(), None)
+            let cedar_request = Request::new(principal, action, resource, context, None)
                 .map_err(|e| e.to_string())?;
             let permitted_by = if grants.is_empty() {
                 self.matching(&policies.permits, &cedar_request, &entities)
@@ -723,17 +769,38 @@ mod tests {
         let acme = org("acme");
         let bot = SubjectName::parse("bot").unwrap();
         let eve = SubjectName::parse("eve").unwrap();
-        let decision = authorizer.decide_call(&acme, &bot, "text.count", "1", None);
+        let decision = authorizer.decide_call(
+            &acme,
+            &bot,
+            "text.count",
+            "1",
+            None,
+            &serde_json::Value::Null,
+        );
         assert!(decision.allowed, "{decision:?}");
         assert_eq!(decision.grants[0].role.as_str(), "admin");
         assert!(
             !authorizer
-                .decide_call(&acme, &bot, "payments.refund", "1", None)
+                .decide_call(
+                    &acme,
+                    &bot,
+                    "payments.refund",
+                    "1",
+                    None,
+                    &serde_json::Value::Null
+                )
                 .allowed
         );
         assert!(
             !authorizer
-                .decide_call(&acme, &eve, "text.count", "1", None)
+                .decide_call(
+                    &acme,
+                    &eve,
+                    "text.count",
+                    "1",
+                    None,
+                    &serde_json::Value::Null
+                )
                 .allowed
         );
         publish(
@@ -744,15 +811,78 @@ mod tests {
         );
         assert!(
             authorizer
-                .decide_call(&acme, &bot, "text.count", "1", None)
+                .decide_call(
+                    &acme,
+                    &bot,
+                    "text.count",
+                    "1",
+                    None,
+                    &serde_json::Value::Null
+                )
                 .allowed
         );
-        let decision = authorizer.decide_call(&acme, &bot, "text.count", "2", None);
+        let decision = authorizer.decide_call(
+            &acme,
+            &bot,
+            "text.count",
+            "2",
+            None,
+            &serde_json::Value::Null,
+        );
         assert!(!decision.allowed);
         assert_eq!(decision.forbidden_by.len(), 1, "{decision:?}");
-        let decision = authorizer.decide_call(&acme, &eve, "text.count", "1", None);
+        let decision = authorizer.decide_call(
+            &acme,
+            &eve,
+            "text.count",
+            "1",
+            None,
+            &serde_json::Value::Null,
+        );
         assert!(decision.allowed, "{decision:?}");
         assert_eq!(decision.permitted_by.len(), 1);
+    }
+
+    #[test]
+    fn call_policies_see_the_input() {
+        let mut authorizer = Authorizer::default();
+        subject(&mut authorizer, "acme", "bot", SubjectKind::Agent);
+        let id = Scoped::new(org("acme"), RoleName::parse("admin").unwrap());
+        authorizer.apply_role(
+            &id,
+            &RoleEvent::Defined {
+                org: id.org.clone(),
+                name: id.name.clone(),
+                spec: RoleSpec {
+                    tools: ["payments.*".parse().unwrap()].into(),
+                    ..RoleSpec::default()
+                },
+            },
+        );
+        bind(&mut authorizer, "acme", "bot");
+        publish(
+            &mut authorizer,
+            "acme",
+            "big-refunds",
+            "forbid(principal, action == Charter::Action::\"call\", resource)\nwhen { resource.name == \"payments.refund\" && context.numbers.hasTag(\"amount\") && context.numbers.getTag(\"amount\") > 1000 }\nunless { principal in Charter::Role::\"acme:finance\" };\nforbid(principal, action == Charter::Action::\"call\", resource)\nwhen { context.strings.hasTag(\"region\") && context.strings.getTag(\"region\") == \"embargoed\" };",
+        );
+        let acme = org("acme");
+        let bot = SubjectName::parse("bot").unwrap();
+        let ask = |input: serde_json::Value| {
+            authorizer
+                .decide_call(&acme, &bot, "payments.refund", "1", None, &input)
+                .allowed
+        };
+        assert!(ask(serde_json::json!({"amount": 20})));
+        assert!(!ask(serde_json::json!({"amount": 5000})));
+        assert!(
+            ask(serde_json::json!({"amount": "5000"})),
+            "a string is no number"
+        );
+        assert!(!ask(
+            serde_json::json!({"amount": 1, "region": "embargoed"})
+        ));
+        assert!(ask(serde_json::Value::Null));
     }
 
     fn world() -> Authorizer {

@@ -27,10 +27,14 @@ pub const ACTIONS: [&str; 10] = [
 ///
 /// Principals are subjects, members of their org and of the roles bound to
 /// them; resources carry their kind and name and sit in their org and job
-/// space; tools are called with the `call` action.
+/// space; tools are called with the `call` action, whose context carries
+/// the call's input: its top-level whole numbers as the tags of
+/// `context.numbers`, its strings as those of `context.strings` and its
+/// booleans as those of `context.flags`, so a policy can say
+/// `context.numbers.hasTag("amount") && context.numbers.getTag("amount") > 1000`.
 pub fn cedar_schema_text() -> String {
     let mut text = String::from(
-        "namespace Charter {\n  entity Org;\n  entity JobSpace in [Org];\n  entity Role in [Org];\n  entity Subject in [Org, Role] { kind: String };\n  entity Resource in [Org, JobSpace] { kind: String, name: String };\n  entity Tool in [Org] { name: String, version: String };\n",
+        "namespace Charter {\n  entity Org;\n  entity JobSpace in [Org];\n  entity Role in [Org];\n  entity Subject in [Org, Role] { kind: String };\n  entity Resource in [Org, JobSpace] { kind: String, name: String };\n  entity Tool in [Org] { name: String, version: String };\n  entity Numbers tags Long;\n  entity Strings tags String;\n  entity Flags tags Bool;\n",
     );
     let resource_actions: Vec<String> = ACTIONS
         .iter()
@@ -43,7 +47,7 @@ pub fn cedar_schema_text() -> String {
         resource_actions.join(", ")
     );
     text.push_str(
-        "  action \"call\" appliesTo { principal: [Subject], resource: [Tool], context: {} };\n}\n",
+        "  action \"call\" appliesTo { principal: [Subject], resource: [Tool], context: { numbers: Numbers, strings: Strings, flags: Flags } };\n}\n",
     );
     text
 }

@@ -487,6 +487,68 @@ spec:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An org policy over a call's input: the clerk may echo small numbers
+    // only; the decision and the policy that made it are on record.
+    let clerk = r#"
+apiVersion: charter.dev/v1
+kind: Subject
+metadata: {name: clerk, org: acme}
+spec: {kind: user, displayName: Clerk}
+---
+apiVersion: charter.dev/v1
+kind: Role
+metadata: {name: echoer, org: acme}
+spec:
+  rules: [{actions: [run, get], resources: [WorkflowRun]}]
+  tools: ["util.*"]
+---
+apiVersion: charter.dev/v1
+kind: RoleBinding
+metadata: {name: clerk-echoer, org: acme}
+spec: {subject: clerk, role: echoer}
+---
+apiVersion: charter.dev/v1
+kind: Policy
+metadata: {name: small-echoes, org: acme}
+spec:
+  policy: |
+    forbid(principal, action == Charter::Action::"call", resource)
+    when { resource.name == "util.echo" && context.numbers.hasTag("n") && context.numbers.getTag("n") > 100 };
+---
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: echo-n, org: acme}
+spec:
+  version: "1"
+  input: {type: object, required: [n], properties: {n: {type: integer}}}
+  nodes:
+    - {name: say, tool: util.echo, input: {n: input.n}}
+"#;
+    let (status, body) = env.apply(&root, clerk, "").await;
+    assert_eq!(status, 200, "{body}");
+    let clerk = env.token("acme:clerk", "1h");
+    let id = start(env, &clerk, "echo-n", json!({"n": 5})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let id = start(env, &clerk, "echo-n", json!({"n": 500})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["error"]["code"], "forbidden", "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let started = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "NodeStarted")
+        .unwrap();
+    let decision = &started["data"]["checks"]["authorization"];
+    assert_eq!(
+        decision["forbiddenBy"],
+        json!(["small-echoes#0"]),
+        "{decision}"
+    );
+
     // A timer, then a sub-workflow: the parent waits for its child's run
     // and takes its output.
     let parent = r#"

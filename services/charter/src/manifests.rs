@@ -34,7 +34,10 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
     } else if trimmed.starts_with('[') {
         serde_json::from_str::<Vec<Value>>(trimmed).map_err(|e| e.to_string())
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| e.to_string())
+        // YAML 1.2 booleans only: `n`, `no`, `on` and `off` stay strings
+        // (a schema's `required: [n]` is a field name, not `false`).
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| e.to_string())
     }
 }
 
@@ -168,6 +171,15 @@ mod tests {
         assert!(
             text[1].starts_with("bad.yaml: document 1: kind"),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn only_yaml_1_2_booleans_are_booleans() {
+        let docs = documents("a: [n, no, on, off, yes, y]\nb: true\n").unwrap();
+        assert_eq!(
+            docs[0],
+            serde_json::json!({"a": ["n", "no", "on", "off", "yes", "y"], "b": true})
         );
     }
 

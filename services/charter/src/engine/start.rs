@@ -116,6 +116,8 @@ pub async fn start_run(
                                 name.as_str(),
                                 version.as_str(),
                                 request.job_space.as_ref(),
+                                // What a call may carry is decided per call.
+                                &Value::Null,
                             )
                             .allowed
                     }),

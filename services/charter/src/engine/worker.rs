@@ -277,6 +277,7 @@ impl Worker {
                         pinned.name.as_str(),
                         pinned.version.as_str(),
                         state.plan.job_space.as_ref(),
+                        &input,
                     )
                 });
                 serde_json::to_value(crate::gateway::views::DecisionView::from(&decision))
