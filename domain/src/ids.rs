@@ -281,6 +281,36 @@ impl<'de> Deserialize<'de> for Actor {
     }
 }
 
+/// `Display`, `FromStr` and serde for newtypes over a `String` that have
+/// `fn parse(&str) -> Result<Self, InvalidName>`: they travel as plain
+/// strings and are checked whenever they are read.
+macro_rules! parsed_name {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = $crate::ids::InvalidName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::parse(&<String as serde::Deserialize>::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+pub(crate) use parsed_name;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -717,12 +717,7 @@ impl RunState {
                 lease_until,
                 ..
             } => {
-                let input = match self.nodes.get(node) {
-                    Some(NodeState::Scheduled { input, .. } | NodeState::Running { input, .. }) => {
-                        input.clone()
-                    }
-                    _ => Value::Null,
-                };
+                let input = self.pending_input(node);
                 set(
                     self,
                     node,
@@ -748,12 +743,7 @@ impl RunState {
                 ..
             } => {
                 if let Some(due) = retry_at {
-                    let input = match self.nodes.get(node) {
-                        Some(
-                            NodeState::Scheduled { input, .. } | NodeState::Running { input, .. },
-                        ) => input.clone(),
-                        _ => Value::Null,
-                    };
+                    let input = self.pending_input(node);
                     self.attempts.insert(node.clone(), attempt + 1);
                     set(
                         self,
@@ -841,6 +831,16 @@ impl RunState {
                     retryable: false,
                 });
             }
+        }
+    }
+
+    /// The input a scheduled or running node was given.
+    fn pending_input(&self, node: &NodeName) -> Value {
+        match self.nodes.get(node) {
+            Some(NodeState::Scheduled { input, .. } | NodeState::Running { input, .. }) => {
+                input.clone()
+            }
+            _ => Value::Null,
         }
     }
 

@@ -9,9 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{Actor, InvalidName, Scoped, check_dns_label};
@@ -152,32 +151,7 @@ impl HeaderName {
     }
 }
 
-macro_rules! name_serde {
-    ($($ty:ident),*) => {$(
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl FromStr for $ty {
-            type Err = InvalidName;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::parse(s)
-            }
-        }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-name_serde!(ToolName, ToolVersion, EnvName, SecretName, HeaderName);
+crate::ids::parsed_name!(ToolName, ToolVersion, EnvName, SecretName, HeaderName);
 
 /// A file the executor writes into the tool's working directory before it
 /// starts, so that the approved version carries its own code.

@@ -98,6 +98,17 @@ impl Env {
         .await
     }
 
+    /// POSTs a JSON body (`null` for none).
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            path,
+            Some(token),
+            Some(("application/json", body.to_string())),
+        )
+        .await
+    }
+
     pub async fn command(&self, token: &str, body: Value) -> (u16, Value) {
         self.call(
             Method::POST,
@@ -148,6 +159,32 @@ pub fn outcomes(report: &Value) -> Vec<String> {
 pub fn code(body: &Value) -> &str {
     body["code"].as_str().unwrap_or("")
 }
+
+/// A second org, `globex`, whose `gina` may do anything in it: the other
+/// side of the isolation tests.
+pub const GLOBEX: &str = r#"
+apiVersion: charter.dev/v1
+kind: Organization
+metadata: {name: globex}
+spec: {displayName: Globex}
+---
+apiVersion: charter.dev/v1
+kind: Subject
+metadata: {name: gina, org: globex}
+spec: {kind: user, displayName: Gina}
+---
+apiVersion: charter.dev/v1
+kind: Role
+metadata: {name: admin, org: globex}
+spec:
+  rules: [{actions: ["*"], resources: ["*"]}]
+  tools: ["*"]
+---
+apiVersion: charter.dev/v1
+kind: RoleBinding
+metadata: {name: gina-admin, org: globex}
+spec: {subject: gina, role: admin}
+"#;
 
 /// The settings that put a server on PostgreSQL + JetStream, in a schema
 /// and a stream of its own; keep the schema alive as long as the server.

@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use charter_tests::TempDir;
-use charter_tests::api::{Env, code, postgres_and_jetstream};
-use reqwest::Method;
+use charter_tests::api::{Env, GLOBEX, code, postgres_and_jetstream};
 use serde_json::{Value, json};
 
 const ACME: &str = include_str!("../../schema/examples/acme.yaml");
@@ -15,16 +14,6 @@ const WORDCOUNT: &str = include_str!("../../schema/examples/tools/text-wordcount
 const ECHO: &str = include_str!("../../schema/examples/tools/util-echo.yaml");
 const UPTIME: &str = include_str!("../../schema/examples/tools/host-uptime.yaml");
 const REPORT: &str = include_str!("../../schema/examples/workflows/text-report.yaml");
-
-async fn post(env: &Env, token: &str, path: &str, body: Value) -> (u16, Value) {
-    env.call(
-        Method::POST,
-        path,
-        Some(token),
-        Some(("application/json", body.to_string())),
-    )
-    .await
-}
 
 /// Waits until a run has ended; returns it.
 async fn finished(env: &Env, token: &str, id: &str) -> Value {
@@ -70,13 +59,13 @@ async fn start_in(
     input: Value,
     job_space: Option<&str>,
 ) -> String {
-    let (status, started) = post(
-        env,
-        token,
-        &format!("/v1/orgs/acme/workflows/{workflow}/runs"),
-        json!({"input": input, "jobSpace": job_space}),
-    )
-    .await;
+    let (status, started) = env
+        .post(
+            token,
+            &format!("/v1/orgs/acme/workflows/{workflow}/runs"),
+            json!({"input": input, "jobSpace": job_space}),
+        )
+        .await;
     assert_eq!(status, 200, "{started}");
     started["id"].as_str().unwrap().to_owned()
 }
@@ -157,6 +146,16 @@ async fn watch(env: &Env, token: &str, id: &str) -> Vec<String> {
     types
 }
 
+/// The first `NodeStarted` event of a trace: the call's checks.
+fn first_started(trace: &Value) -> &Value {
+    trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "NodeStarted")
+        .unwrap_or_else(|| panic!("no NodeStarted in {trace}"))
+}
+
 fn trace_types(trace: &Value) -> Vec<String> {
     trace
         .as_array()
@@ -175,13 +174,13 @@ async fn scenario(env: &Env) {
     let (status, body) = env.apply(&root, &tools, "").await;
     assert_eq!(status, 200, "{body}");
     for (tool, version) in [("text.wordcount", "1.0.0"), ("util.echo", "1")] {
-        let (status, body) = post(
-            env,
-            &root,
-            &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
-            json!(null),
-        )
-        .await;
+        let (status, body) = env
+            .post(
+                &root,
+                &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
+                json!(null),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 
@@ -243,12 +242,7 @@ spec:
     assert_eq!(types.first().map(String::as_str), Some("Started"));
     assert_eq!(types.last().map(String::as_str), Some("Completed"));
     assert!(types.contains(&"NodeSkipped".to_owned()), "{types:?}");
-    let started = trace
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "NodeStarted")
-        .unwrap();
+    let started = first_started(&trace);
     assert_eq!(started["data"]["checks"]["authorization"]["allowed"], true);
     assert_eq!(started["data"]["checks"]["contract"]["admitted"], true);
     assert_eq!(started["data"]["checks"]["input"]["valid"], true);
@@ -274,13 +268,13 @@ spec:
     assert_eq!(tools, ["text.wordcount", "util.echo"]);
 
     // Bad input is refused before anything starts.
-    let (status, body) = post(
-        env,
-        &root,
-        "/v1/orgs/acme/workflows/text-report/runs",
-        json!({"input": {"txt": "x"}}),
-    )
-    .await;
+    let (status, body) = env
+        .post(
+            &root,
+            "/v1/orgs/acme/workflows/text-report/runs",
+            json!({"input": {"txt": "x"}}),
+        )
+        .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(code(&body), "invalid_run_input");
 
@@ -289,9 +283,11 @@ spec:
     let id = start(env, &root, "text-report", json!({"text": long})).await;
     node_reaches(env, &root, &id, "review", "awaitingApproval").await;
     let approve = format!("/v1/orgs/acme/runs/{id}/nodes/review/approve");
-    let (status, body) = post(env, &planner, &approve, json!({"comment": "me?"})).await;
+    let (status, body) = env
+        .post(&planner, &approve, json!({"comment": "me?"}))
+        .await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = post(env, &root, &approve, json!({"comment": "fine"})).await;
+    let (status, body) = env.post(&root, &approve, json!({"comment": "fine"})).await;
     assert_eq!(status, 200, "{body}");
     let run = finished(env, &root, &id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -300,13 +296,13 @@ spec:
     // A rejection fails the run.
     let id = start(env, &root, "text-report", json!({"text": long})).await;
     node_reaches(env, &root, &id, "review", "awaitingApproval").await;
-    let (status, _) = post(
-        env,
-        &root,
-        &format!("/v1/orgs/acme/runs/{id}/nodes/review/reject"),
-        json!({"comment": "no"}),
-    )
-    .await;
+    let (status, _) = env
+        .post(
+            &root,
+            &format!("/v1/orgs/acme/runs/{id}/nodes/review/reject"),
+            json!({"comment": "no"}),
+        )
+        .await;
     assert_eq!(status, 200);
     let run = finished(env, &root, &id).await;
     assert_eq!(run["status"], "failed");
@@ -314,13 +310,13 @@ spec:
 
     // The planner may run workflows in its job space but not call the word
     // counter: the call is refused, with the decision on record.
-    let (status, _) = post(
-        env,
-        &planner,
-        "/v1/orgs/acme/workflows/text-report/runs",
-        json!({"input": {"text": "a b"}}),
-    )
-    .await;
+    let (status, _) = env
+        .post(
+            &planner,
+            "/v1/orgs/acme/workflows/text-report/runs",
+            json!({"input": {"text": "a b"}}),
+        )
+        .await;
     assert_eq!(status, 403, "the planner works in its job space only");
     let id = start_in(
         env,
@@ -336,12 +332,7 @@ spec:
     let (_, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;
-    let started = trace
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "NodeStarted")
-        .unwrap();
+    let started = first_started(&trace);
     assert_eq!(
         started["data"]["checks"]["authorization"]["allowed"], false,
         "{started}"
@@ -412,13 +403,13 @@ spec:
     let (status, body) = env.apply(&root, &flaky, "").await;
     assert_eq!(status, 200, "{body}");
     for tool in ["test.flaky", "test.sleepy"] {
-        let (status, body) = post(
-            env,
-            &root,
-            &format!("/v1/orgs/acme/tools/{tool}/versions/1/approve"),
-            json!(null),
-        )
-        .await;
+        let (status, body) = env
+            .post(
+                &root,
+                &format!("/v1/orgs/acme/tools/{tool}/versions/1/approve"),
+                json!(null),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     let flows = r#"
@@ -456,13 +447,13 @@ spec:
 
     let id = start(env, &root, "sleepy", json!({})).await;
     node_reaches(env, &root, &id, "nap", "running").await;
-    let (status, body) = post(
-        env,
-        &root,
-        &format!("/v1/orgs/acme/runs/{id}/cancel"),
-        json!({"reason": "not needed"}),
-    )
-    .await;
+    let (status, body) = env
+        .post(
+            &root,
+            &format!("/v1/orgs/acme/runs/{id}/cancel"),
+            json!({"reason": "not needed"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let run = finished(env, &root, &id).await;
     assert_eq!(run["status"], "cancelled");
@@ -536,12 +527,7 @@ spec:
     let (_, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;
-    let started = trace
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "NodeStarted")
-        .unwrap();
+    let started = first_started(&trace);
     let decision = &started["data"]["checks"]["authorization"];
     assert_eq!(
         decision["forbiddenBy"],
@@ -644,30 +630,7 @@ spec:
     );
 
     // Another org sees none of it.
-    let globex = r#"
-apiVersion: charter.dev/v1
-kind: Organization
-metadata: {name: globex}
-spec: {displayName: Globex}
----
-apiVersion: charter.dev/v1
-kind: Subject
-metadata: {name: gina, org: globex}
-spec: {kind: user, displayName: Gina}
----
-apiVersion: charter.dev/v1
-kind: Role
-metadata: {name: admin, org: globex}
-spec:
-  rules: [{actions: ["*"], resources: ["*"]}]
-  tools: ["*"]
----
-apiVersion: charter.dev/v1
-kind: RoleBinding
-metadata: {name: gina-admin, org: globex}
-spec: {subject: gina, role: admin}
-"#;
-    let (status, body) = env.apply(&root, globex, "").await;
+    let (status, body) = env.apply(&root, GLOBEX, "").await;
     assert_eq!(status, 200, "{body}");
     let gina = env.token("globex:gina", "1h");
     for path in [
@@ -680,21 +643,17 @@ spec: {subject: gina, role: admin}
         let (status, body) = env.get(&path, &gina).await;
         assert_eq!(status, 404, "{path}: {body}");
     }
-    let (status, _) = post(
-        env,
-        &gina,
-        "/v1/orgs/acme/workflows/text-report/runs",
-        json!({"input": {"text": "x"}}),
-    )
-    .await;
+    let (status, _) = env
+        .post(
+            &gina,
+            "/v1/orgs/acme/workflows/text-report/runs",
+            json!({"input": {"text": "x"}}),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = post(
-        env,
-        &gina,
-        &format!("/v1/orgs/acme/runs/{id}/cancel"),
-        json!({}),
-    )
-    .await;
+    let (status, _) = env
+        .post(&gina, &format!("/v1/orgs/acme/runs/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 404);
     let (_, runs) = env.get("/v1/orgs/acme/runs?first=100", &root).await;
     assert!(runs["items"].as_array().unwrap().len() >= 6, "{runs}");

@@ -4,47 +4,13 @@
 //! default and on PostgreSQL + JetStream.
 
 use charter_tests::TempDir;
-use charter_tests::api::{Env, code, outcomes, postgres_and_jetstream};
-use reqwest::Method;
+use charter_tests::api::{Env, GLOBEX, code, outcomes, postgres_and_jetstream};
 use serde_json::{Value, json};
 
 const ACME: &str = include_str!("../../schema/examples/acme.yaml");
 const WORDCOUNT: &str = include_str!("../../schema/examples/tools/text-wordcount.yaml");
 const UPTIME: &str = include_str!("../../schema/examples/tools/host-uptime.yaml");
 const ECHO: &str = include_str!("../../schema/examples/tools/util-echo.yaml");
-
-const GLOBEX: &str = r#"
-apiVersion: charter.dev/v1
-kind: Organization
-metadata: {name: globex}
-spec: {displayName: Globex}
----
-apiVersion: charter.dev/v1
-kind: Subject
-metadata: {name: gina, org: globex}
-spec: {kind: user, displayName: Gina}
----
-apiVersion: charter.dev/v1
-kind: Role
-metadata: {name: admin, org: globex}
-spec:
-  rules: [{actions: ["*"], resources: ["*"]}]
----
-apiVersion: charter.dev/v1
-kind: RoleBinding
-metadata: {name: gina-admin, org: globex}
-spec: {subject: gina, role: admin}
-"#;
-
-async fn post(env: &Env, token: &str, path: &str, body: Value) -> (u16, Value) {
-    env.call(
-        Method::POST,
-        path,
-        Some(token),
-        Some(("application/json", body.to_string())),
-    )
-    .await
-}
 
 async fn scenario(env: &Env) {
     let root = env.token("root", "1h");
@@ -98,14 +64,14 @@ async fn scenario(env: &Env) {
     // Approving takes the right to approve.
     let approve = "/v1/orgs/acme/tools/text.wordcount/versions/1.0.0/approve";
     let planner = env.token("acme:planner", "1h");
-    let (status, body) = post(env, &planner, approve, json!(null)).await;
+    let (status, body) = env.post(&planner, approve, json!(null)).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(code(&body), "forbidden");
-    let (status, body) = post(env, &root, approve, json!(null)).await;
+    let (status, body) = env.post(&root, approve, json!(null)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["events"], json!(["VersionApproved"]));
     let position = body["position"].as_u64().unwrap();
-    let (status, body) = post(env, &root, approve, json!(null)).await;
+    let (status, body) = env.post(&root, approve, json!(null)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["events"], json!([]), "approving twice changes nothing");
     let (status, tool) = env
@@ -119,13 +85,13 @@ async fn scenario(env: &Env) {
     assert_eq!(tool["versions"][0]["approvedBy"], "root");
     assert_eq!(tool["versions"][0]["spec"]["limits"]["timeout"], "10s");
 
-    let (status, body) = post(
-        env,
-        &root,
-        "/v1/orgs/acme/tools/text.wordcount/versions/9.9.9/approve",
-        json!(null),
-    )
-    .await;
+    let (status, body) = env
+        .post(
+            &root,
+            "/v1/orgs/acme/tools/text.wordcount/versions/9.9.9/approve",
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(code(&body), "tool_version_not_found");
 
@@ -159,13 +125,13 @@ async fn scenario(env: &Env) {
 
     // Revoking needs a reason, and is final.
     let revoke = "/v1/orgs/acme/tools/text.wordcount/versions/1.0.0/revoke";
-    let (status, body) = post(env, &root, revoke, json!({"reason": " "})).await;
+    let (status, body) = env.post(&root, revoke, json!({"reason": " "})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(code(&body), "invalid_reason");
-    let (status, body) = post(env, &root, revoke, json!({"reason": "leaks"})).await;
+    let (status, body) = env.post(&root, revoke, json!({"reason": "leaks"})).await;
     assert_eq!(status, 200, "{body}");
     let position = body["position"].as_u64().unwrap();
-    let (status, body) = post(env, &root, approve, json!(null)).await;
+    let (status, body) = env.post(&root, approve, json!(null)).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(code(&body), "tool_version_revoked");
 
@@ -196,7 +162,7 @@ async fn scenario(env: &Env) {
     let (missing_status, missing) = env.get("/v1/orgs/globex/tools/text.wordcount", &gina).await;
     assert_eq!(missing_status, 404);
     assert_eq!(body, missing, "invisible answers exactly like missing");
-    let (status, _) = post(env, &gina, approve, json!(null)).await;
+    let (status, _) = env.post(&gina, approve, json!(null)).await;
     assert_eq!(status, 404, "another org's tool is not there");
 }
 

@@ -53,6 +53,51 @@ pub(crate) async fn post(
     Ok(body)
 }
 
+/// Applies a benchmark's manifests with the root token.
+pub(crate) async fn apply_as_root(
+    http: &reqwest::Client,
+    base: &str,
+    root_token: &str,
+    manifests: String,
+) -> anyhow::Result<()> {
+    let response = http
+        .post(format!("{base}/v1/apply"))
+        .bearer_auth(root_token)
+        .header("content-type", "application/yaml")
+        .body(manifests)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {base}"))?;
+    if !response.status().is_success() {
+        bail!(
+            "setting up the benchmark failed (is CHARTER_TOKEN a root token?): {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// An API key for the benchmark's `bencher` subject.
+pub(crate) async fn issue_key(
+    http: &reqwest::Client,
+    base: &str,
+    root_token: &str,
+    org: &str,
+) -> anyhow::Result<Arc<str>> {
+    let issued = post(
+        http,
+        &format!("{base}/v1/commands"),
+        root_token,
+        &json!({"kind": "Subject", "org": org, "name": "bencher",
+                "command": {"type": "IssueApiKey", "keyId": "bench001"}}),
+    )
+    .await?;
+    Ok(issued["apiKey"]
+        .as_str()
+        .context("the server gave no API key")?
+        .into())
+}
+
 /// Runs the benchmark and returns its JSON figures.
 pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     if plan.concurrency == 0 || plan.commands == 0 {
@@ -87,32 +132,8 @@ metadata: {{name: bencher-admin, org: {org}}}
 spec: {{subject: bencher, role: subject-admin}}
 "
     );
-    let response = http
-        .post(format!("{base}/v1/apply"))
-        .bearer_auth(&plan.root_token)
-        .header("content-type", "application/yaml")
-        .body(setup)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {base}"))?;
-    if !response.status().is_success() {
-        bail!(
-            "setting up the benchmark org failed (is CHARTER_TOKEN a root token?): {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-    let issued = post(
-        &http,
-        &format!("{base}/v1/commands"),
-        &plan.root_token,
-        &json!({"kind": "Subject", "org": org, "name": "bencher",
-                "command": {"type": "IssueApiKey", "keyId": "bench001"}}),
-    )
-    .await?;
-    let key: Arc<str> = issued["apiKey"]
-        .as_str()
-        .context("the server gave no API key")?
-        .into();
+    apply_as_root(&http, &base, &plan.root_token, setup).await?;
+    let key = issue_key(&http, &base, &plan.root_token, &org).await?;
     for k in 0..plan.aggregates {
         post(
             &http,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench_commands::{percentile, post};
+use crate::bench_commands::{apply_as_root, issue_key, percentile, post};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -88,22 +88,7 @@ spec:
   runtime: {{builtin: noop}}
 "
     );
-    let apply = |body: String| {
-        http.post(format!("{base}/v1/apply"))
-            .bearer_auth(&plan.root_token)
-            .header("content-type", "application/yaml")
-            .body(body)
-            .send()
-    };
-    let response = apply(setup)
-        .await
-        .with_context(|| format!("cannot reach the server at {base}"))?;
-    if !response.status().is_success() {
-        bail!(
-            "setting up the benchmark org failed (is CHARTER_TOKEN a root token?): {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
+    apply_as_root(&http, &base, &plan.root_token, setup).await?;
     post(
         &http,
         &format!("{base}/v1/orgs/{org}/tools/bench.noop/versions/1/approve"),
@@ -123,25 +108,8 @@ spec:
 ",
         nodes.join("\n")
     );
-    let response = apply(flow).await?;
-    if !response.status().is_success() {
-        bail!(
-            "registering the benchmark workflow failed: {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-    let issued = post(
-        &http,
-        &format!("{base}/v1/commands"),
-        &plan.root_token,
-        &json!({"kind": "Subject", "org": org, "name": "bencher",
-                "command": {"type": "IssueApiKey", "keyId": "bench001"}}),
-    )
-    .await?;
-    let key: Arc<str> = issued["apiKey"]
-        .as_str()
-        .context("the server gave no API key")?
-        .into();
+    apply_as_root(&http, &base, &plan.root_token, flow).await?;
+    let key = issue_key(&http, &base, &plan.root_token, &org).await?;
 
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicU64::new(0));

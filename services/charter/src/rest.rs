@@ -548,7 +548,7 @@ fn remark(body: Result<Bytes, BytesRejection>) -> Result<Remark, Problem> {
 }
 
 /// Cancel a run (needs `cancel` on its workflow); its running tools stop.
-#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/cancel", tag = "charter",
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{id}/cancel", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path)),
     request_body = Remark,
     responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
@@ -568,8 +568,29 @@ async fn cancel_run(
     ))
 }
 
+async fn answer(
+    gateway: Shared,
+    headers: HeaderMap,
+    (org, id, node): (String, String, String),
+    body: Result<Bytes, BytesRejection>,
+    approved: bool,
+) -> Answer {
+    let operation = if approved {
+        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/approve"
+    } else {
+        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/reject"
+    };
+    let caller = caller(&gateway, &headers, operation)?;
+    let comment = remark(body)?.comment.unwrap_or_default();
+    Ok(json(
+        &gateway
+            .answer_approval(&caller, &org, &id, &node, approved, &comment)
+            .await?,
+    ))
+}
+
 /// Approve an approval node (needs `approve` on the run's workflow).
-#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/nodes/{node}/approve", tag = "charter",
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{id}/nodes/{node}/approve", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path), ("node" = String, Path)),
     request_body = Remark,
     responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
@@ -578,24 +599,14 @@ async fn cancel_run(
 async fn approve_node(
     State(gateway): State<Shared>,
     headers: HeaderMap,
-    Path((org, id, node)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let caller = caller(
-        &gateway,
-        &headers,
-        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/approve",
-    )?;
-    let comment = remark(body)?.comment.unwrap_or_default();
-    Ok(json(
-        &gateway
-            .answer_approval(&caller, &org, &id, &node, true, &comment)
-            .await?,
-    ))
+    answer(gateway, headers, path, body, true).await
 }
 
 /// Reject an approval node: the run fails (needs `approve`).
-#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{name}/nodes/{node}/reject", tag = "charter",
+#[utoipa::path(post, path = "/v1/orgs/{org}/runs/{id}/nodes/{node}/reject", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path), ("node" = String, Path)),
     request_body = Remark,
     responses((status = 200, body = RunChanged), (status = 401, body = ProblemDocument),
@@ -604,20 +615,10 @@ async fn approve_node(
 async fn reject_node(
     State(gateway): State<Shared>,
     headers: HeaderMap,
-    Path((org, id, node)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let caller = caller(
-        &gateway,
-        &headers,
-        "POST /v1/orgs/{org}/runs/{id}/nodes/{node}/reject",
-    )?;
-    let comment = remark(body)?.comment.unwrap_or_default();
-    Ok(json(
-        &gateway
-            .answer_approval(&caller, &org, &id, &node, false, &comment)
-            .await?,
-    ))
+    answer(gateway, headers, path, body, false).await
 }
 
 /// Where a trace read starts, and how long it may wait.
@@ -637,7 +638,7 @@ pub struct TraceQuery {
 }
 
 /// A run's execution trace: its events, oldest first.
-#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{name}/events", tag = "charter",
+#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{id}/events", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path), TraceQuery),
     responses((status = 200, body = Vec<TraceEventView>), (status = 401, body = ProblemDocument),
               (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument)))]
@@ -663,7 +664,7 @@ async fn run_events(
 }
 
 /// A run's contract: what it may call, its budgets and what it used.
-#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{name}/contract", tag = "charter",
+#[utoipa::path(get, path = "/v1/orgs/{org}/runs/{id}/contract", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path), AtPosition),
     responses((status = 200, body = ContractView), (status = 401, body = ProblemDocument),
               (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument)))]

@@ -40,6 +40,8 @@ impl Task {
 pub struct Delivery {
     pub task: Task,
     ack: Option<jetstream::Message>,
+    /// The in-process queue, to put a task back that could not be done.
+    again: Option<mpsc::UnboundedSender<Task>>,
 }
 
 impl Delivery {
@@ -49,6 +51,20 @@ impl Delivery {
             && let Err(error) = message.ack().await
         {
             tracing::warn!(%error, "a task's acknowledgement was lost; it will come back");
+        }
+    }
+
+    /// Could not be done now (the store was unreachable, say): deliver it
+    /// again after `delay`.
+    pub async fn retry_later(self, delay: Duration) {
+        if let Some(message) = self.ack {
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        } else if let Some(again) = self.again {
+            let task = self.task;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = again.send(task);
+            });
         }
     }
 
@@ -98,7 +114,11 @@ impl TaskQueue for InProcessQueue {
 
     async fn pull(&self) -> Option<Delivery> {
         let task = self.receiver.lock().await.recv().await?;
-        Some(Delivery { task, ack: None })
+        Some(Delivery {
+            task,
+            ack: None,
+            again: Some(self.sender.clone()),
+        })
     }
 }
 
@@ -190,6 +210,7 @@ impl TaskQueue for JetStreamQueue {
                         return Some(Delivery {
                             task,
                             ack: Some(message),
+                            again: None,
                         });
                     }
                     Err(error) => {

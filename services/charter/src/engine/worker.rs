@@ -105,9 +105,22 @@ impl Worker {
         match outcome {
             Ok(()) => delivery.ack().await,
             Err(error) => {
-                // Left unacknowledged: the queue delivers it again.
                 tracing::warn!(run = %task.run, node = %task.node, %error, "a task failed; it will be retried");
+                delivery.retry_later(Duration::from_secs(1)).await;
             }
+        }
+    }
+
+    /// Claims a node; false when someone else holds it or it is done.
+    async fn claim(&self, run: &RunId, claim: RunCommand) -> anyhow::Result<bool> {
+        match self
+            .handler
+            .handle::<Run>(run, &claim, &meta(run, Run::KIND))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if superseded(&error) => Ok(false),
+            Err(error) => Err(anyhow::anyhow!("claiming a node: {error}")),
         }
     }
 
@@ -159,14 +172,8 @@ impl Worker {
                     checks: json!({"subWorkflow": child.to_string()}),
                     now,
                 };
-                match self
-                    .handler
-                    .handle::<Run>(&task.run, &claim, &meta(&task.run, Run::KIND))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(error) if superseded(&error) => return Ok(()),
-                    Err(error) => return Err(anyhow::anyhow!("claiming a node: {error}")),
+                if !self.claim(&task.run, claim).await? {
+                    return Ok(());
                 }
                 let started = start_run(
                     &self.handler,
@@ -362,14 +369,8 @@ impl Worker {
             checks,
             now: now_ms(),
         };
-        match self
-            .handler
-            .handle::<Run>(&task.run, &claim, &meta(&task.run, Run::KIND))
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if superseded(&error) => return Ok(()),
-            Err(error) => return Err(anyhow::anyhow!("claiming a node: {error}")),
+        if !self.claim(&task.run, claim).await? {
+            return Ok(());
         }
         if let Some((code, message)) = refusal {
             return self.report(&task.run, fail(code, message)).await;
