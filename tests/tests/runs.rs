@@ -156,6 +156,29 @@ fn first_started(trace: &Value) -> &Value {
         .unwrap_or_else(|| panic!("no NodeStarted in {trace}"))
 }
 
+/// Waits until the process whose pid a tool wrote is gone.
+async fn assert_pid_gone(pidfile: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(pidfile)
+        .expect("the tool wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned));
+        if state.as_deref().is_none_or(|s| s == "Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled tool {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn trace_types(trace: &Value) -> Vec<String> {
     trace
         .as_array()
@@ -458,25 +481,35 @@ spec:
     let run = finished(env, &root, &id).await;
     assert_eq!(run["status"], "cancelled");
     // The sleeping tool is gone.
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .expect("the tool wrote its pid")
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned));
-        if state.as_deref().is_none_or(|s| s == "Z") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled tool {pid} still runs"
-        );
+    assert_pid_gone(&pidfile).await;
+
+    // Cancelling a parent cancels its sub-workflow, and the tool in it.
+    std::fs::remove_file(&pidfile).unwrap();
+    let nested = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: nested, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: inner, workflow: {name: sleepy}}
+"#;
+    let (status, body) = env.apply(&root, nested, "").await;
+    assert_eq!(status, 200, "{body}");
+    let id = start(env, &root, "nested", json!({})).await;
+    node_reaches(env, &root, &id, "inner", "running").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the inner tool never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (status, body) = env
+        .post(&root, &format!("/v1/orgs/acme/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_pid_gone(&pidfile).await;
 
     // An org policy over a call's input: the clerk may echo small numbers
     // only; the decision and the policy that made it are on record.

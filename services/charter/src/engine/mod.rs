@@ -6,8 +6,8 @@
 //! knows what to do: queue the nodes that are scheduled and due, wake up
 //! when a retry, timer, approval or deadline comes due (and send the run a
 //! `Tick`), take a node back when its worker's lease runs out, stop the
-//! calls of a run that ended, close its contract, and report a finished
-//! sub-workflow to its parent. Because it acts on state, not on single
+//! calls of a run that ended, close its contract, cancel its sub-workflows
+//! still running, and report a finished sub-workflow to its parent. Because it acts on state, not on single
 //! events, a restart is just another catch-up: every pending node is
 //! queued again, and workers drop what is already done.
 
@@ -326,6 +326,33 @@ impl Engine {
             .await
         {
             tracing::debug!(run = %state.id, %error, "closing a contract");
+        }
+        // Sub-workflows still running end with their parent.
+        for node in state.nodes.values() {
+            let NodeState::Running { worker, .. } = node else {
+                continue;
+            };
+            let Some(child) = worker
+                .strip_prefix("run:")
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            else {
+                continue;
+            };
+            let child = RunId {
+                org: state.id.org.clone(),
+                id: child,
+            };
+            let cancel = RunCommand::Cancel {
+                by: Actor::system(),
+                reason: format!("its parent run {} {}", state.id.id, state.status.as_str()),
+            };
+            if let Err(error) = self
+                .handler
+                .handle::<Run>(&child, &cancel, &system(Run::KIND))
+                .await
+            {
+                tracing::debug!(run = %child, %error, "cancelling a sub-workflow");
+            }
         }
         let Some((parent, node)) = &state.plan.parent else {
             return;
