@@ -75,6 +75,17 @@ fn describe() {
         "Age of the last published event when it was published"
     );
     metrics::describe_counter!("charter_relay_published_events_total", "Events published");
+    metrics::describe_histogram!(
+        "charter_engine_event_delay_seconds",
+        metrics::Unit::Seconds,
+        "From a run event's commit to the run driver seeing it"
+    );
+    metrics::describe_counter!("charter_engine_tasks_queued_total", "Node tasks queued");
+    metrics::describe_histogram!(
+        "charter_engine_task_seconds",
+        metrics::Unit::Seconds,
+        "One task's work in a worker: checks, claim, call and report"
+    );
     metrics::describe_counter!(
         "charter_relay_failures_total",
         "Relay pauses after a failure"

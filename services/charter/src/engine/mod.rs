@@ -192,6 +192,9 @@ impl Engine {
                                     continue;
                                 }
                             };
+                            let delay = chrono::Utc::now() - event.recorded_at;
+                            metrics::histogram!("charter_engine_event_delay_seconds")
+                                .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
                             driver.runs.entry(id.clone()).or_default().evolve(&domain);
                             self.signals.notify(&id, event.version.0);
                             touched.insert(id);
@@ -305,6 +308,7 @@ impl Engine {
         if !driver.queued.insert(task.clone()) {
             return;
         }
+        metrics::counter!("charter_engine_tasks_queued_total").increment(1);
         if let Err(error) = self.queue.push(&task).await {
             tracing::warn!(run = %id, %node, %error, "a task could not be queued; trying again soon");
             driver.queued.remove(&task);

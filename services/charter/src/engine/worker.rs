@@ -93,6 +93,7 @@ fn superseded(error: &CommandError<RunRejection>) -> bool {
 impl Worker {
     pub async fn handle(&self, delivery: Delivery) {
         let task = delivery.task.clone();
+        let began = std::time::Instant::now();
         let work = self.execute(&task);
         tokio::pin!(work);
         // Long calls tell the queue they are alive.
@@ -102,6 +103,7 @@ impl Worker {
                 () = tokio::time::sleep(Duration::from_secs(10)) => delivery.progress().await,
             }
         };
+        metrics::histogram!("charter_engine_task_seconds").record(began.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => delivery.ack().await,
             Err(error) => {
