@@ -175,8 +175,11 @@ impl Application {
             None => Arc::new(crate::engine::queue::InProcessQueue::default()),
         };
         let signals = Arc::new(crate::engine::RunSignals::default());
+        let (feed, feed_receiver) = crate::engine::RunFeed::new();
         let engine = Arc::new(crate::engine::Engine {
             signals: Arc::clone(&signals),
+            feed: feed.clone(),
+            feed_receiver: std::sync::Mutex::new(Some(feed_receiver)),
             handler: handler.clone(),
             access: Arc::clone(&access),
             executor: Arc::new(charter_executor::Executor::new(Arc::new(
@@ -189,6 +192,7 @@ impl Application {
         let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());
         let gateway = Arc::new(Gateway {
             run_signals: signals,
+            run_feed: feed,
             handler,
             read_models: Arc::clone(&self.read_models),
             access,

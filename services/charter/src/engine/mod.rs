@@ -79,8 +79,52 @@ impl RunSignals {
     }
 }
 
+/// This process's own run appends, handed to its driver at once instead
+/// of after the trip through the log tail (which waits for every older
+/// transaction in the database). The tail still delivers them; the driver
+/// folds each stream version once, whichever way it came first. Appends
+/// of other processes arrive by the tail alone.
+#[derive(Clone)]
+pub struct RunFeed(tokio::sync::mpsc::UnboundedSender<(RunId, u64, RunEvent)>);
+
+/// What the driver reads the feed from.
+pub type RunFeedReceiver = tokio::sync::mpsc::UnboundedReceiver<(RunId, u64, RunEvent)>;
+
+impl RunFeed {
+    pub fn new() -> (Self, RunFeedReceiver) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Self(sender), receiver)
+    }
+
+    /// Handles a run command, and hands what it appended to the driver.
+    pub async fn handle(
+        &self,
+        handler: &CommandHandler,
+        id: &RunId,
+        command: &RunCommand,
+        meta: &CommandMeta,
+    ) -> Result<
+        charter_commands::CommandOutcome<RunEvent>,
+        charter_commands::CommandError<charter_domain::run::RunRejection>,
+    > {
+        let outcome = handler.handle::<Run>(id, command, meta).await?;
+        if !outcome.duplicate && !outcome.events.is_empty() {
+            let first = outcome.stream_version.0 + 1 - outcome.events.len() as u64;
+            for (offset, event) in outcome.events.iter().enumerate() {
+                let _ = self
+                    .0
+                    .send((id.clone(), first + offset as u64, event.clone()));
+            }
+        }
+        Ok(outcome)
+    }
+}
+
 pub struct Engine {
     pub signals: Arc<RunSignals>,
+    pub feed: RunFeed,
+    /// Taken by the driver when it starts.
+    pub feed_receiver: std::sync::Mutex<Option<RunFeedReceiver>>,
     pub handler: CommandHandler,
     pub access: Arc<AccessIndex>,
     pub executor: Arc<Executor>,
@@ -91,13 +135,49 @@ pub struct Engine {
 }
 
 /// What the driver remembers between batches.
-#[derive(Default)]
 struct Driver {
     runs: HashMap<RunId, Run>,
     /// Tasks queued by this process (a task is queued once per attempt,
     /// and again when its lease ran out).
     queued: HashSet<Task>,
     timers: BTreeMap<i64, HashSet<RunId>>,
+    /// The last stream version folded per run (kept after a run ends, so
+    /// that its late deliveries are recognised).
+    versions: HashMap<RunId, u64>,
+    /// When this driver started (part of every task it queues).
+    epoch: i64,
+    /// Tasks whose push failed, to queue again.
+    failed_pushes: (
+        tokio::sync::mpsc::UnboundedSender<Task>,
+        tokio::sync::mpsc::UnboundedReceiver<Task>,
+    ),
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Self {
+            runs: HashMap::new(),
+            queued: HashSet::new(),
+            timers: BTreeMap::new(),
+            versions: HashMap::new(),
+            epoch: 0,
+            failed_pushes: tokio::sync::mpsc::unbounded_channel(),
+        }
+    }
+}
+
+impl Driver {
+    /// Folds one event of a run unless that version is already folded;
+    /// says whether it was.
+    fn fold(&mut self, id: &RunId, version: u64, event: &RunEvent) -> bool {
+        let known = self.versions.get(id).copied().unwrap_or(0);
+        if version != known + 1 {
+            return false;
+        }
+        self.versions.insert(id.clone(), version);
+        self.runs.entry(id.clone()).or_default().evolve(event);
+        true
+    }
 }
 
 fn run_id_of(stream: &str) -> Option<RunId> {
@@ -125,6 +205,7 @@ impl Engine {
             access: Arc::clone(&self.access),
             executor: Arc::clone(&self.executor),
             running: Arc::clone(&self.running),
+            feed: self.feed.clone(),
             id,
         });
         let slots = Arc::new(tokio::sync::Semaphore::new(self.workers.max(1)));
@@ -159,8 +240,16 @@ impl Engine {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut feed = self
+            .feed_receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         loop {
-            let mut driver = Driver::default();
+            let mut driver = Driver {
+                epoch: now_ms(),
+                ..Driver::default()
+            };
             let mut subscription = Subscription::new(Arc::clone(&store), Position::START, 1000);
             let failed = loop {
                 let wake = driver.timers.first_key_value().map(|(at, _)| *at);
@@ -195,13 +284,37 @@ impl Engine {
                             let delay = chrono::Utc::now() - event.recorded_at;
                             metrics::histogram!("charter_engine_event_delay_seconds")
                                 .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
-                            driver.runs.entry(id.clone()).or_default().evolve(&domain);
-                            self.signals.notify(&id, event.version.0);
-                            touched.insert(id);
+                            if driver.fold(&id, event.version.0, &domain) {
+                                self.signals.notify(&id, event.version.0);
+                                touched.insert(id);
+                            }
                         }
                         for id in touched {
                             self.act(&mut driver, &id).await;
                         }
+                    }
+                    Some((id, version, event)) = async {
+                        match feed.as_mut() {
+                            Some(feed) => feed.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let mut touched = HashSet::new();
+                        let mut next = Some((id, version, event));
+                        while let Some((id, version, event)) = next {
+                            if driver.fold(&id, version, &event) {
+                                self.signals.notify(&id, version);
+                                touched.insert(id);
+                            }
+                            next = feed.as_mut().and_then(|f| f.try_recv().ok());
+                        }
+                        for id in touched {
+                            self.act(&mut driver, &id).await;
+                        }
+                    }
+                    Some(task) = driver.failed_pushes.1.recv() => {
+                        driver.queued.remove(&task);
+                        driver.timers.entry(now_ms() + 1000).or_default().insert(task.run);
                     }
                     () = sleep => {
                         let now = now_ms();
@@ -276,8 +389,9 @@ impl Engine {
         }
         if tick {
             let outcome = self
-                .handler
-                .handle::<Run>(
+                .feed
+                .handle(
+                    &self.handler,
                     id,
                     &RunCommand::Tick { now },
                     &CommandMeta::new(Run::KIND, id.org.clone(), Actor::system()),
@@ -304,20 +418,23 @@ impl Engine {
             node: node.clone(),
             attempt,
             lease,
+            epoch: driver.epoch,
         };
         if !driver.queued.insert(task.clone()) {
             return;
         }
         metrics::counter!("charter_engine_tasks_queued_total").increment(1);
-        if let Err(error) = self.queue.push(&task).await {
-            tracing::warn!(run = %id, %node, %error, "a task could not be queued; trying again soon");
-            driver.queued.remove(&task);
-            driver
-                .timers
-                .entry(now_ms() + 1000)
-                .or_default()
-                .insert(id.clone());
-        }
+        // Pushes run beside the driver, so that it never waits for the
+        // queue's acknowledgements one by one; a push that fails comes back
+        // to the driver, which queues the task again a moment later.
+        let queue = Arc::clone(&self.queue);
+        let failed = driver.failed_pushes.0.clone();
+        tokio::spawn(async move {
+            if let Err(error) = queue.push(&task).await {
+                tracing::warn!(run = %task.run, node = %task.node, %error, "a task could not be queued; trying again soon");
+                let _ = failed.send(task);
+            }
+        });
     }
 
     /// A run ended: its contract closes, and a sub-workflow's parent node
@@ -351,8 +468,8 @@ impl Engine {
                 reason: format!("its parent run {} {}", state.id.id, state.status.as_str()),
             };
             if let Err(error) = self
-                .handler
-                .handle::<Run>(&child, &cancel, &system(Run::KIND))
+                .feed
+                .handle(&self.handler, &child, &cancel, &system(Run::KIND))
                 .await
             {
                 tracing::debug!(run = %child, %error, "cancelling a sub-workflow");
@@ -397,8 +514,8 @@ impl Engine {
             },
         };
         if let Err(error) = self
-            .handler
-            .handle::<Run>(parent, &command, &system(Run::KIND))
+            .feed
+            .handle(&self.handler, parent, &command, &system(Run::KIND))
             .await
         {
             tracing::debug!(run = %parent, %error, "reporting a sub-workflow");

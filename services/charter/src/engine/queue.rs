@@ -28,11 +28,19 @@ pub struct Task {
     /// for a repeat of the old one.
     #[serde(default)]
     pub lease: i64,
+    /// When the driver that queued it started: a driver that starts again
+    /// (after a crash, say) queues its pending tasks anew rather than have
+    /// them taken for repeats of tasks a dead worker held.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 impl Task {
     fn key(&self) -> String {
-        format!("{}/{}/{}/{}", self.run, self.node, self.attempt, self.lease)
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.run, self.node, self.attempt, self.lease, self.epoch
+        )
     }
 }
 

@@ -43,6 +43,7 @@ pub struct Started {
 
 pub async fn start_run(
     handler: &CommandHandler,
+    feed: &super::RunFeed,
     access: &AccessIndex,
     request: StartRequest<'_>,
 ) -> Result<Started, ApiError> {
@@ -178,8 +179,9 @@ pub async fn start_run(
             &meta(Contract::KIND),
         )
         .await?;
-    let outcome = handler
-        .handle::<Run>(
+    let outcome = feed
+        .handle(
+            handler,
             &request.run,
             &RunCommand::Start {
                 plan: Box::new(plan),

@@ -73,6 +73,7 @@ pub struct Worker {
     pub access: Arc<AccessIndex>,
     pub executor: Arc<Executor>,
     pub running: Arc<Running>,
+    pub feed: super::RunFeed,
     pub id: String,
 }
 
@@ -116,8 +117,8 @@ impl Worker {
     /// Claims a node; false when someone else holds it or it is done.
     async fn claim(&self, run: &RunId, claim: RunCommand) -> anyhow::Result<bool> {
         match self
-            .handler
-            .handle::<Run>(run, &claim, &meta(run, Run::KIND))
+            .feed
+            .handle(&self.handler, run, &claim, &meta(run, Run::KIND))
             .await
         {
             Ok(_) => Ok(true),
@@ -128,8 +129,8 @@ impl Worker {
 
     async fn report(&self, run: &RunId, command: RunCommand) -> anyhow::Result<()> {
         match self
-            .handler
-            .handle::<Run>(run, &command, &meta(run, Run::KIND))
+            .feed
+            .handle(&self.handler, run, &command, &meta(run, Run::KIND))
             .await
         {
             Ok(_) => Ok(()),
@@ -179,6 +180,7 @@ impl Worker {
                 }
                 let started = start_run(
                     &self.handler,
+                    &self.feed,
                     &self.access,
                     StartRequest {
                         run: child,

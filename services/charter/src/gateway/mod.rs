@@ -263,6 +263,8 @@ impl OrgTree for Tree<'_> {
 pub struct Gateway {
     /// Wakes followers of one run's trace when that run records an event.
     pub run_signals: Arc<crate::engine::RunSignals>,
+    /// Hands the run commands it handles to this process's run driver.
+    pub run_feed: crate::engine::RunFeed,
     pub handler: CommandHandler,
     pub read_models: Arc<dyn ReadModels>,
     pub access: Arc<AccessIndex>,

@@ -110,6 +110,7 @@ impl Gateway {
             .map_or_else(|| Value::Object(Default::default()), |j| j.0.clone());
         let started = start_run(
             &self.handler,
+            &self.run_feed,
             &self.access,
             StartRequest {
                 run: RunId::new(org),
@@ -171,7 +172,10 @@ impl Gateway {
         command: RunCommand,
     ) -> Result<RunChanged, ApiError> {
         let meta = self.meta(caller, &id.org, None);
-        let outcome = self.handler.handle::<Run>(id, &command, &meta).await?;
+        let outcome = self
+            .run_feed
+            .handle(&self.handler, id, &command, &meta)
+            .await?;
         Ok(RunChanged {
             id: id.id.to_string(),
             events: outcome
