@@ -6,54 +6,18 @@
 //! replayable log and published like every other event, and the audit
 //! projection can list an org's denials in time order (the ids are UUID v7).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::ids::{InvalidName, JobSpaceName};
+use crate::ids::JobSpaceName;
 use crate::role::ResourceKind;
-use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode, OrgName};
+use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode};
 
-/// One audit record's identity: the org it belongs to and a time-ordered id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct AuditId {
-    pub org: OrgName,
-    pub id: Uuid,
-}
-
-impl AuditId {
-    /// A new record id in `org`.
-    pub fn new(org: OrgName) -> Self {
-        Self {
-            org,
-            id: Uuid::now_v7(),
-        }
-    }
-}
-
-impl fmt::Display for AuditId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.org, self.id)
-    }
-}
-
-impl FromStr for AuditId {
-    type Err = InvalidName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidName {
-            what: "audit id",
-            value: s.chars().take(80).collect(),
-            reason: "must be `org:uuid`",
-        };
-        let (org, id) = s.split_once(':').ok_or_else(invalid)?;
-        Ok(Self {
-            org: OrgName::parse(org)?,
-            id: Uuid::parse_str(id).map_err(|_| invalid())?,
-        })
-    }
-}
+crate::ids::org_uuid_id!(
+    /// One audit record's identity: the org it belongs to and a
+    /// time-ordered id.
+    AuditId,
+    "audit id"
+);
 
 /// What was refused, to whom, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +130,7 @@ impl Aggregate for AuditRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::OrgName;
     use crate::testing::given;
 
     fn denial(resource: &str) -> Denial {

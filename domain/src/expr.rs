@@ -75,11 +75,21 @@ impl Expression {
                 message: "nested more than 32 levels deep".into(),
             });
         }
-        match cel::Program::compile(source) {
-            Ok(program) => Ok(Self {
+        if let Some(program) = cached(source) {
+            return Ok(Self {
                 source: source.to_owned(),
-                program: Arc::new(program),
-            }),
+                program,
+            });
+        }
+        match cel::Program::compile(source) {
+            Ok(program) => {
+                let program = Arc::new(program);
+                remember(source, &program);
+                Ok(Self {
+                    source: source.to_owned(),
+                    program,
+                })
+            }
             Err(errors) => {
                 let first = errors.errors.first();
                 Err(SyntaxError {
@@ -123,6 +133,33 @@ impl Expression {
             other => Err(format!("a condition must be true or false, not {other}")),
         }
     }
+}
+
+/// Parsed programs by source: runs evaluate the same few expressions over
+/// and over, and parsing is the costly part. Bounded; emptied when full.
+type Programs = std::sync::Mutex<std::collections::HashMap<String, Arc<cel::Program>>>;
+
+fn programs() -> &'static Programs {
+    static PROGRAMS: std::sync::OnceLock<Programs> = std::sync::OnceLock::new();
+    PROGRAMS.get_or_init(Default::default)
+}
+
+fn cached(source: &str) -> Option<Arc<cel::Program>> {
+    programs()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(source)
+        .cloned()
+}
+
+fn remember(source: &str, program: &Arc<cel::Program>) {
+    let mut programs = programs()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if programs.len() >= 4096 {
+        programs.clear();
+    }
+    programs.insert(source.to_owned(), Arc::clone(program));
 }
 
 /// JSON as CEL sees it: whole numbers are `int` (so `input.n + 1` works),

@@ -311,6 +311,54 @@ macro_rules! parsed_name {
 }
 pub(crate) use parsed_name;
 
+/// An identity within one org made of the org and a time-ordered UUID,
+/// written `org:uuid`: `new`, `Display` and `FromStr`.
+macro_rules! org_uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+        )]
+        pub struct $name {
+            pub org: $crate::OrgName,
+            pub id: uuid::Uuid,
+        }
+
+        impl $name {
+            /// A new id in `org`.
+            pub fn new(org: $crate::OrgName) -> Self {
+                Self {
+                    org,
+                    id: uuid::Uuid::now_v7(),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}:{}", self.org, self.id)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::ids::InvalidName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let invalid = || $crate::ids::InvalidName {
+                    what: $what,
+                    value: s.chars().take(80).collect(),
+                    reason: "must be `org:uuid`",
+                };
+                let (org, id) = s.split_once(':').ok_or_else(invalid)?;
+                Ok(Self {
+                    org: $crate::OrgName::parse(org)?,
+                    id: uuid::Uuid::parse_str(id).map_err(|_| invalid())?,
+                })
+            }
+        }
+    };
+}
+pub(crate) use org_uuid_id;
+
 #[cfg(test)]
 mod tests {
     use super::*;

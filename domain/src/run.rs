@@ -12,56 +12,21 @@
 //! (a worker that reports twice, a redelivered task) change nothing.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
 use crate::expr::Expression;
-use crate::ids::{Actor, InvalidName, JobSpaceName};
+use crate::ids::{Actor, JobSpaceName};
 use crate::tool::{ToolName, ToolVersion};
 use crate::workflow::{NodeKind, NodeName, NodeSpec, WorkflowName, WorkflowSpec};
-use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode, OrgName};
+use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode};
 
-/// A run's identity: `org:uuid`. Its contract has the same identity.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RunId {
-    pub org: OrgName,
-    pub id: Uuid,
-}
-
-impl RunId {
-    pub fn new(org: OrgName) -> Self {
-        Self {
-            org,
-            id: Uuid::now_v7(),
-        }
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.org, self.id)
-    }
-}
-
-impl FromStr for RunId {
-    type Err = InvalidName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidName {
-            what: "run id",
-            value: s.chars().take(80).collect(),
-            reason: "must be `org:uuid`",
-        };
-        let (org, id) = s.split_once(':').ok_or_else(invalid)?;
-        Ok(Self {
-            org: OrgName::parse(org)?,
-            id: Uuid::parse_str(id).map_err(|_| invalid())?,
-        })
-    }
-}
+crate::ids::org_uuid_id!(
+    /// A run's identity: `org:uuid`. Its contract has the same identity.
+    RunId,
+    "run id"
+);
 
 /// A tool version a run's node calls, fixed when the run starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,9 +2,11 @@
 //! over random command sequences on random DAGs.
 
 use super::*;
+use crate::OrgName;
 use crate::testing::given;
 use proptest::prelude::*;
 use serde_json::json;
+use uuid::Uuid;
 
 fn id() -> RunId {
     RunId {
