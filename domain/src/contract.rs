@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::RunId;
+use crate::run::{PinnedTool, RunId, RunPlan};
 use crate::tool::{ToolName, ToolVersion};
 use crate::workflow::{NodeName, WorkflowName};
 use crate::{Aggregate, DomainEvent, ErrorClass, ErrorCode};
@@ -35,6 +35,37 @@ pub struct Terms {
     pub scopes: BTreeSet<String>,
     /// Milliseconds since the epoch.
     pub deadline: i64,
+}
+
+impl Terms {
+    /// A run's terms, from its plan: each tool version the plan pins that
+    /// its starter may call (as `may_call` says, asked when the run
+    /// starts; a node whose tool is left out breaches when it is called),
+    /// the workflow's budgets and scopes, and a deadline its wall time
+    /// after `now`.
+    pub fn for_run(
+        plan: &RunPlan,
+        principal: &str,
+        may_call: impl Fn(&PinnedTool) -> bool,
+        now: i64,
+    ) -> Self {
+        let spec = &plan.spec;
+        Self {
+            workflow: plan.workflow.clone(),
+            workflow_version: spec.version.clone(),
+            principal: principal.to_owned(),
+            tools: plan
+                .tools
+                .values()
+                .filter(|tool| may_call(tool))
+                .map(|tool| (tool.name.clone(), tool.version.clone()))
+                .collect(),
+            max_calls: spec.budget.calls,
+            max_cost: spec.budget.cost,
+            scopes: spec.scopes.clone(),
+            deadline: now.saturating_add(spec.budget.wall_time.as_millis() as i64),
+        }
+    }
 }
 
 /// Why a call was refused.
@@ -351,6 +382,42 @@ mod tests {
             [ContractEvent::Breached { kind, .. }] => Some(*kind),
             _ => None,
         }
+    }
+
+    #[test]
+    fn terms_hold_the_pinned_tools_the_starter_may_call() {
+        let spec: crate::workflow::WorkflowSpec = serde_json::from_value(serde_json::json!({
+            "version": "3",
+            "budget": {"calls": 7, "wallTime": "10s"},
+            "scopes": ["crm:read"],
+            "nodes": [{"name": "a", "tool": "t.a"}, {"name": "b", "tool": "t.b"}]
+        }))
+        .unwrap();
+        let pin = |name: &str| PinnedTool {
+            name: ToolName::parse(name).unwrap(),
+            version: ToolVersion::parse("1").unwrap(),
+        };
+        let plan = RunPlan {
+            workflow: WorkflowName::parse("main").unwrap(),
+            spec,
+            tools: [
+                (NodeName::parse("a").unwrap(), pin("t.a")),
+                (NodeName::parse("b").unwrap(), pin("t.b")),
+            ]
+            .into_iter()
+            .collect(),
+            workflows: BTreeMap::new(),
+            parent: None,
+            job_space: None,
+        };
+        let terms = Terms::for_run(&plan, "acme:alice", |t| t.name.as_str() == "t.a", 1000);
+        assert_eq!(
+            terms.tools.keys().map(ToolName::as_str).collect::<Vec<_>>(),
+            ["t.a"]
+        );
+        assert_eq!((terms.max_calls, terms.deadline), (7, 11_000));
+        assert_eq!(terms.workflow_version.as_str(), "3");
+        assert!(terms.scopes.contains("crm:read"));
     }
 
     #[test]

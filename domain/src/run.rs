@@ -155,6 +155,16 @@ impl NodeState {
     }
 }
 
+/// What a run's driver has to do now; see [`RunState::due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Node, attempt and the lease that ran out (0 for a first dispatch).
+    pub dispatch: Vec<(NodeName, u32, i64)>,
+    pub tick: bool,
+    /// When something is next due.
+    pub next: i64,
+}
+
 /// A failure a worker reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFailure {
@@ -424,23 +434,46 @@ impl RunState {
         format!("{}/{}", self.id, node)
     }
 
-    /// The earliest moment something in the run is due: a retry, a timer,
-    /// an approval's deadline, the run's deadline.
-    pub fn next_due(&self) -> Option<i64> {
-        if self.status.is_final() {
-            return None;
+    /// What is due in the run at `now`, for whoever drives it: the nodes
+    /// to hand to a worker (scheduled and due, or running under a lease
+    /// that ran out, with that lease), whether time has passed for a timer,
+    /// an approval or the deadline (send `Tick`), and when to look again.
+    pub fn due(&self, now: i64) -> Due {
+        let mut due = Due {
+            dispatch: Vec::new(),
+            tick: now >= self.deadline,
+            next: self.deadline,
+        };
+        for (node, state) in &self.nodes {
+            match state {
+                NodeState::Scheduled {
+                    attempt, due: at, ..
+                } if *at <= now => {
+                    due.dispatch.push((node.clone(), *attempt, 0));
+                }
+                NodeState::Running {
+                    attempt,
+                    lease_until,
+                    ..
+                } if *lease_until <= now => {
+                    due.dispatch.push((node.clone(), *attempt, *lease_until));
+                }
+                NodeState::Sleeping { fire_at: at }
+                | NodeState::AwaitingApproval { deadline: at }
+                    if *at <= now =>
+                {
+                    due.tick = true;
+                }
+                NodeState::Scheduled { due: at, .. }
+                | NodeState::Running {
+                    lease_until: at, ..
+                }
+                | NodeState::Sleeping { fire_at: at }
+                | NodeState::AwaitingApproval { deadline: at } => due.next = due.next.min(*at),
+                _ => {}
+            }
         }
-        let mut due = self.deadline;
-        for state in self.nodes.values() {
-            let at = match state {
-                NodeState::Scheduled { due, .. } => *due,
-                NodeState::Sleeping { fire_at } => *fire_at,
-                NodeState::AwaitingApproval { deadline } => *deadline,
-                _ => continue,
-            };
-            due = due.min(at);
-        }
-        Some(due)
+        due
     }
 
     /// What follows from the state at `now`: the events that skip, start

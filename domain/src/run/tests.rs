@@ -188,7 +188,9 @@ fn failures_retry_with_backoff_then_fail_the_run() {
             ..
         }
     ));
-    assert_eq!(run.0.as_ref().unwrap().next_due(), Some(3000));
+    let due = run.0.as_ref().unwrap().due(2000);
+    assert_eq!((due.dispatch.len(), due.tick, due.next), (0, false, 3000));
+    assert_eq!(run.0.as_ref().unwrap().due(3000).dispatch, [(n("a"), 2, 0)]);
     // A report for the old attempt is refused; the new one is due later.
     assert!(run.decide(&id(), &fail(1, "timeout", 2001)).is_err());
     let events = step(&mut run, fail(2, "output_not_json", 4000));

@@ -23,7 +23,9 @@ use std::time::Duration;
 use charter_commands::store::Subscription;
 use charter_commands::{CommandHandler, CommandMeta, EventStore, Position};
 use charter_domain::contract::{Contract, ContractCommand};
-use charter_domain::run::{NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus};
+use charter_domain::run::{
+    Due, NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus,
+};
 use charter_domain::{Actor, Aggregate};
 use charter_executor::Executor;
 use charter_projections::access::AccessIndex;
@@ -340,52 +342,28 @@ impl Engine {
 
     /// Does what a run's state asks for now, and sets its next wake-up.
     async fn act(&self, driver: &mut Driver, id: &RunId) {
-        let Some(state) = driver.runs.get(id).and_then(|r| r.0.as_deref()).cloned() else {
+        let now = now_ms();
+        let Some(state) = driver.runs.get(id).and_then(|r| r.0.as_deref()) else {
             return;
         };
         if state.status.is_final() {
             self.running.cancel_run(id);
             self.signals.forget(id);
-            driver.runs.remove(id);
             driver.queued.retain(|task| task.run != *id);
-            self.finish(&state).await;
+            if let Some(Run(Some(state))) = driver.runs.remove(id) {
+                self.finish(&state).await;
+            }
             return;
         }
-        let now = now_ms();
-        let mut tick = now >= state.deadline;
-        let mut next = state.deadline;
-        for (node, node_state) in &state.nodes {
-            match node_state {
-                NodeState::Scheduled { attempt, due, .. } => {
-                    if *due <= now {
-                        self.queue_task(driver, id, node, *attempt, 0).await;
-                    } else {
-                        next = next.min(*due);
-                    }
-                }
-                NodeState::Running {
-                    attempt,
-                    lease_until,
-                    ..
-                } => {
-                    if *lease_until <= now {
-                        // Its worker is gone: let another take it over.
-                        self.queue_task(driver, id, node, *attempt, *lease_until)
-                            .await;
-                    } else {
-                        next = next.min(*lease_until);
-                    }
-                }
-                NodeState::Sleeping { fire_at: at }
-                | NodeState::AwaitingApproval { deadline: at } => {
-                    if *at <= now {
-                        tick = true;
-                    } else {
-                        next = next.min(*at);
-                    }
-                }
-                _ => {}
-            }
+        let Due {
+            dispatch,
+            tick,
+            mut next,
+        } = state.due(now);
+        for (node, attempt, lease) in dispatch {
+            // A lease that ran out means its worker is gone: another takes
+            // the node over.
+            self.queue_task(driver, id, &node, attempt, lease).await;
         }
         if tick {
             let outcome = self

@@ -87,7 +87,6 @@ pub async fn start_run(
         .map_err(|e: String| ApiError::internal(e))?;
     let mut tools = BTreeMap::new();
     let mut workflows = BTreeMap::new();
-    let mut allowed = BTreeMap::new();
     for node in &spec.nodes {
         match node.kind() {
             Some(NodeKind::Tool(name, pinned)) => {
@@ -105,27 +104,6 @@ pub async fn start_run(
                     )
                 })?;
                 let version = version.spec.version.clone();
-                // The contract holds the tools the starter may call now;
-                // a node whose tool is left out breaches when it is called.
-                let may_call = match &principal {
-                    Principal::Root => true,
-                    Principal::Subject(id) => access.read(|authorizer| {
-                        authorizer
-                            .decide_call(
-                                org,
-                                &id.name,
-                                name.as_str(),
-                                version.as_str(),
-                                request.job_space.as_ref(),
-                                // What a call may carry is decided per call.
-                                &Value::Null,
-                            )
-                            .allowed
-                    }),
-                };
-                if may_call {
-                    allowed.insert(name.clone(), version.clone());
-                }
                 tools.insert(
                     node.name.clone(),
                     PinnedTool {
@@ -159,16 +137,23 @@ pub async fn start_run(
         parent: request.parent,
         job_space: request.job_space,
     };
-    let terms = Terms {
-        workflow: request.workflow.clone(),
-        workflow_version: spec.version.clone(),
-        principal: request.by.to_string(),
-        tools: allowed,
-        max_calls: spec.budget.calls,
-        max_cost: spec.budget.cost,
-        scopes: spec.scopes.clone(),
-        deadline: now.saturating_add(spec.budget.wall_time.as_millis() as i64),
+    let may_call = |tool: &PinnedTool| match &principal {
+        Principal::Root => true,
+        Principal::Subject(id) => access.read(|authorizer| {
+            authorizer
+                .decide_call(
+                    org,
+                    &id.name,
+                    tool.name.as_str(),
+                    tool.version.as_str(),
+                    plan.job_space.as_ref(),
+                    // What a call may carry is decided per call.
+                    &Value::Null,
+                )
+                .allowed
+        }),
     };
+    let terms = Terms::for_run(&plan, request.by.as_str(), may_call, now);
     let meta = |kind: &str| CommandMeta::new(kind, org.clone(), request.by.clone());
     handler
         .handle::<Contract>(

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::queue::{Delivery, Task};
 use super::start::{StartRequest, now_ms, start_run};
 use crate::auth::Principal;
+use crate::gateway::views::DecisionView;
 
 /// How long past a call's own timeout a claim holds before another worker
 /// may take the node over.
@@ -278,10 +279,10 @@ impl Worker {
 
         // 1. The starter's authorization for this tool version.
         let principal: Result<Principal, _> = state.started_by.as_str().parse();
-        let authorization = match &principal {
-            Ok(Principal::Root) => json!({"allowed": true, "decidedBy": "root"}),
+        let decision = match &principal {
+            Ok(Principal::Root) => Some(DecisionView::root()),
             Ok(Principal::Subject(id)) => {
-                let decision = self.access.read(|authorizer| {
+                Some(DecisionView::from(&self.access.read(|authorizer| {
                     authorizer.decide_call(
                         org,
                         &id.name,
@@ -290,14 +291,16 @@ impl Worker {
                         state.plan.job_space.as_ref(),
                         &input,
                     )
-                });
-                serde_json::to_value(crate::gateway::views::DecisionView::from(&decision))
-                    .unwrap_or(Value::Null)
+                })))
             }
-            Err(_) => json!({"allowed": false, "deniedBecause": "unknown_principal"}),
+            Err(_) => None,
+        };
+        let authorization = match &decision {
+            Some(decision) => serde_json::to_value(decision).unwrap_or(Value::Null),
+            None => json!({"allowed": false, "deniedBecause": "unknown_principal"}),
         };
         let mut refusal = None;
-        if authorization["allowed"] != Value::Bool(true) {
+        if !decision.is_some_and(|d| d.allowed) {
             refusal = Some((
                 "forbidden",
                 format!(
