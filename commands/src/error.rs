@@ -29,6 +29,8 @@ pub enum StoreError {
         command_id: charter_domain::CommandId,
         stream: StreamId,
     },
+    #[error("one append names the same {what} `{value}` twice")]
+    RepeatedInAppend { what: &'static str, value: String },
     #[error("invalid {what} `{value}`")]
     InvalidName { what: &'static str, value: String },
     #[error("stored event at position {position} is malformed: {reason}")]
@@ -54,6 +56,7 @@ impl ErrorCode for StoreError {
             Self::BatchTooLarge { .. } => "batch_too_large",
             Self::StreamNotFound(_) => "stream_not_found",
             Self::CommandIdReused { .. } => "command_id_reused",
+            Self::RepeatedInAppend { .. } => "repeated_in_append",
             Self::InvalidName { .. } => "invalid_name",
             Self::MalformedEvent { .. } => "malformed_event",
             Self::Serialization(_) => "serialization_failed",
@@ -67,7 +70,9 @@ impl ErrorCode for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::WrongExpectedVersion { .. } => ErrorClass::Conflict,
-            Self::EmptyAppend | Self::InvalidName { .. } => ErrorClass::InvalidInput,
+            Self::EmptyAppend | Self::InvalidName { .. } | Self::RepeatedInAppend { .. } => {
+                ErrorClass::InvalidInput
+            }
             Self::EventTooLarge { .. } | Self::BatchTooLarge { .. } => ErrorClass::TooLarge,
             Self::StreamNotFound(_) => ErrorClass::NotFound,
             Self::CommandIdReused { .. } => ErrorClass::Conflict,

@@ -270,6 +270,16 @@ impl RecordedEvent {
     }
 }
 
+/// One stream's share of an append: several of them written by
+/// [`crate::EventStore::append_all`] commit together or not at all.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAppend<'a> {
+    pub stream: &'a StreamId,
+    pub expected: ExpectedVersion,
+    pub events: &'a [NewEvent],
+    pub meta: &'a CommandMeta,
+}
+
 /// What an append did (or, for a repeated command id, what it did the first
 /// time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,14 @@
 //! as the expected version, and on a conflict reload and decide again, a
 //! bounded number of times.
 //!
+//! Loads are often skipped. The kernel keeps the states it loaded or wrote
+//! in a [`StateCache`], and a stream it knows nothing of is first taken to
+//! be new: a command that creates something is decided against the empty
+//! state and appended with "no stream" expected. Neither shortcut can lose
+//! an update, since the append checks the version the decision was made
+//! from; and a decision that refuses the command, or finds nothing to do, is
+//! only trusted once it was made from a state loaded from the store.
+//!
 //! It owns no rule: what a command means is the aggregate's business.
 
 use std::sync::Arc;
@@ -10,10 +18,15 @@ use std::sync::Arc;
 use charter_domain::{Aggregate, ErrorClass, ErrorCode};
 use chrono::Utc;
 
+use crate::cache::StateCache;
+use crate::store::Subscription;
 use crate::{
     CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, Snapshot, StoreError, StreamId,
     StreamVersion,
 };
+
+/// How many aggregate states a kernel keeps by default.
+pub const DEFAULT_CACHED_STATES: usize = 10_000;
 
 /// How many events one stream read asks for.
 const LOAD_BATCH: usize = 1000;
@@ -79,16 +92,62 @@ pub struct Loaded<A> {
 #[derive(Clone)]
 pub struct CommandHandler {
     store: Arc<dyn EventStore>,
+    cache: Arc<StateCache>,
     snapshot_every: u64,
     max_attempts: u32,
+}
+
+/// Where one attempt at a command starts from.
+enum Start<A> {
+    /// A state this kernel loaded or wrote earlier.
+    Cached(Arc<A>, StreamVersion),
+    /// The empty state: the stream is taken to be new.
+    New,
+    /// A state loaded from the store just now.
+    Store,
 }
 
 impl CommandHandler {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
             store,
+            cache: Arc::new(StateCache::new(DEFAULT_CACHED_STATES)),
             snapshot_every: 100,
             max_attempts: 30,
+        }
+    }
+
+    /// Keeps about `capacity` aggregate states in memory (0 turns the
+    /// cache off: every command loads its aggregate).
+    pub fn with_cached_states(mut self, capacity: usize) -> Self {
+        self.cache = Arc::new(StateCache::new(capacity));
+        self
+    }
+
+    /// The states this kernel keeps.
+    pub fn cache(&self) -> &Arc<StateCache> {
+        &self.cache
+    }
+
+    /// Follows the log from `after` and drops every cached state that an
+    /// append made elsewhere (another process) has made stale. Runs until
+    /// the subscription fails or the task is aborted.
+    pub async fn follow_log(self, after: Position) {
+        let mut subscription = Subscription::new(Arc::clone(&self.store), after, 1000);
+        loop {
+            match subscription.next_batch().await {
+                Ok(events) => {
+                    for event in &events {
+                        self.cache.saw(&event.stream_id, event.version);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the state cache lost the log; starting over");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let after = subscription.position();
+                    subscription = Subscription::new(Arc::clone(&self.store), after, 1000);
+                }
+            }
         }
     }
 
@@ -109,11 +168,40 @@ impl CommandHandler {
         &self.store
     }
 
-    /// Loads the current state: the latest usable snapshot plus the events
-    /// after it. A snapshot that no longer deserializes is ignored.
+    /// Loads the current state from the store: the latest usable snapshot
+    /// plus the events after it. A snapshot that no longer deserializes is
+    /// ignored.
     pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<Loaded<A>, StoreError> {
         let stream = StreamId::for_aggregate::<A>(id)?;
-        self.load_stream(&stream).await
+        let loaded = self.load_stream::<A>(&stream).await?;
+        self.cache.put(
+            A::KIND,
+            &stream,
+            Arc::new(loaded.state.clone()),
+            loaded.version,
+        );
+        Ok(loaded)
+    }
+
+    /// The state as this kernel last knew it, or as loaded from the store
+    /// when it knows nothing of it. In one process it is the current state;
+    /// across processes it trails appends made elsewhere by as long as the
+    /// log takes to bring them (see [`Self::follow_log`]). For reads that
+    /// act on what they find, the act itself must be a command that checks
+    /// again.
+    pub async fn load_cached<A: Aggregate>(
+        &self,
+        id: &A::Id,
+    ) -> Result<(Arc<A>, StreamVersion), StoreError> {
+        let stream = StreamId::for_aggregate::<A>(id)?;
+        if let Some(cached) = self.cache.get::<A>(A::KIND, &stream) {
+            return Ok(cached);
+        }
+        let loaded = self.load_stream::<A>(&stream).await?;
+        let state = Arc::new(loaded.state);
+        self.cache
+            .put(A::KIND, &stream, Arc::clone(&state), loaded.version);
+        Ok((state, loaded.version))
     }
 
     async fn load_stream<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
@@ -200,13 +288,28 @@ impl CommandHandler {
         {
             return self.replay_outcome::<A>(&stream, &meta, first).await;
         }
+        let mut start = match self.cache.get::<A>(A::KIND, &stream) {
+            Some((state, version)) => Start::Cached(state, version),
+            None if expected.is_none_or(|v| v == StreamVersion(0)) => Start::New,
+            None => Start::Store,
+        };
         let mut attempt = 0;
         loop {
-            attempt += 1;
-            let Loaded { mut state, version } = self.load_stream::<A>(&stream).await?;
+            let (state, version, trusted) = match std::mem::replace(&mut start, Start::Store) {
+                Start::Cached(state, version) => (state, version, false),
+                Start::New => (Arc::new(A::default()), StreamVersion(0), false),
+                Start::Store => {
+                    attempt += 1;
+                    let Loaded { state, version } = self.load_stream::<A>(&stream).await?;
+                    (Arc::new(state), version, true)
+                }
+            };
             if let Some(expected) = expected
                 && expected != version
             {
+                if !trusted {
+                    continue;
+                }
                 return Err(StoreError::WrongExpectedVersion {
                     stream,
                     expected: ExpectedVersion::Exact(expected),
@@ -214,16 +317,25 @@ impl CommandHandler {
                 }
                 .into());
             }
-            let events = state.decide(id, command).map_err(CommandError::Rejected)?;
-            if events.is_empty() {
-                return Ok(CommandOutcome {
-                    stream_id: stream,
-                    events,
-                    stream_version: version,
-                    position: None,
-                    duplicate: false,
-                });
-            }
+            let events = match state.decide(id, command) {
+                Ok(events) if !events.is_empty() => events,
+                // Refused, or nothing to do: only the store's word counts.
+                _ if !trusted => continue,
+                Ok(events) => {
+                    self.cache.put(A::KIND, &stream, state, version);
+                    return Ok(CommandOutcome {
+                        stream_id: stream,
+                        events,
+                        stream_version: version,
+                        position: None,
+                        duplicate: false,
+                    });
+                }
+                Err(rejection) => {
+                    self.cache.put(A::KIND, &stream, state, version);
+                    return Err(CommandError::Rejected(rejection));
+                }
+            };
             let new_events = events
                 .iter()
                 .map(NewEvent::from_domain)
@@ -242,11 +354,14 @@ impl CommandHandler {
                     return self.replay_outcome::<A>(&stream, &meta, outcome).await;
                 }
                 Ok(outcome) => {
+                    let mut state = Arc::unwrap_or_clone(state);
                     for event in &events {
                         state.evolve(event);
                     }
                     self.maybe_snapshot::<A>(&stream, version, outcome.last_version, &state)
                         .await;
+                    self.cache
+                        .put(A::KIND, &stream, Arc::new(state), outcome.last_version);
                     return Ok(CommandOutcome {
                         stream_id: stream,
                         events,
@@ -254,6 +369,10 @@ impl CommandHandler {
                         position: Some(outcome.last_position),
                         duplicate: false,
                     });
+                }
+                // Decided from a state that was not the store's: load it.
+                Err(StoreError::WrongExpectedVersion { .. }) if !trusted => {
+                    self.cache.forget(&stream);
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "conflict; reloading and deciding again");

@@ -10,6 +10,7 @@
 //! models (those live in `charter-projections`).
 
 pub mod bus;
+pub mod cache;
 pub mod error;
 pub mod event;
 pub mod jetstream;
@@ -24,8 +25,8 @@ pub mod tail;
 
 pub use error::StoreError;
 pub use event::{
-    AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId,
-    StreamVersion,
+    AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend,
+    StreamId, StreamVersion,
 };
 pub use kernel::{CommandError, CommandHandler, CommandOutcome, Handling};
 pub use store::{EventStore, Snapshot, StoreLimits, connect};

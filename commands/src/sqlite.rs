@@ -31,10 +31,10 @@ use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
 use crate::sql::{self, to_i64, to_u64};
-use crate::store::{Snapshot, StoreOptions, prepare_append, record_append, upcast_payload};
+use crate::store::{Snapshot, StoreOptions, prepare_parts, record_append, upcast_payload};
 use crate::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StoreLimits, StreamId, StreamVersion,
+    StoreError, StoreLimits, StreamAppend, StreamId, StreamVersion,
 };
 
 fn migrator() -> Migrator {
@@ -138,104 +138,129 @@ impl SqliteStore {
         .map(Some)
     }
 
-    async fn append_inner(
+    /// Writes every part in one transaction, or none of them.
+    async fn append_parts(
         &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError> {
-        let payloads = prepare_append(events, meta, self.limits)?;
+        parts: &[StreamAppend<'_>],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let payloads = prepare_parts(parts, self.limits)?;
         let _writer = self.write.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from_sqlx)?;
-        if let Some(outcome) = Self::find_command(&mut tx, meta.command_id).await? {
-            if outcome.stream_id != *stream {
-                return Err(StoreError::CommandIdReused {
-                    command_id: meta.command_id,
-                    stream: outcome.stream_id,
+        let mut earlier = Vec::with_capacity(parts.len());
+        for part in parts {
+            earlier.push(Self::find_command(&mut tx, part.meta.command_id).await?);
+        }
+        if earlier.iter().any(Option::is_some) {
+            // A repeat answers with its first outcomes, all of them.
+            let mut outcomes = Vec::with_capacity(parts.len());
+            for (part, outcome) in parts.iter().zip(earlier) {
+                match outcome {
+                    Some(outcome) if outcome.stream_id == *part.stream => outcomes.push(outcome),
+                    Some(outcome) => {
+                        return Err(StoreError::CommandIdReused {
+                            command_id: part.meta.command_id,
+                            stream: outcome.stream_id,
+                        });
+                    }
+                    None => {
+                        return Err(StoreError::CommandIdReused {
+                            command_id: part.meta.command_id,
+                            stream: part.stream.clone(),
+                        });
+                    }
+                }
+            }
+            return Ok(outcomes);
+        }
+        let mut currents = Vec::with_capacity(parts.len());
+        for part in parts {
+            let current: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = ?1",
+            )
+            .bind(part.stream.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            let current = StreamVersion(to_u64(current));
+            let matches = match part.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => current == StreamVersion(0),
+                ExpectedVersion::Exact(v) => current == v,
+            };
+            if !matches {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: part.stream.clone(),
+                    expected: part.expected,
+                    actual: current,
                 });
             }
-            return Ok(outcome);
-        }
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = ?1")
-                .bind(stream.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-        let current = StreamVersion(to_u64(current));
-        let matches = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == StreamVersion(0),
-            ExpectedVersion::Exact(v) => current == v,
-        };
-        if !matches {
-            return Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: current,
-            });
+            currents.push(current);
         }
         let recorded_at = Utc::now();
-        let command_id = meta.command_id.to_string();
-        let correlation_id = meta.correlation_id.to_string();
-        let causation_id = meta.causation().to_string();
-        let mut first_position = None;
-        let mut last_position = 0;
-        for (index, (event, payload)) in events.iter().zip(&payloads).enumerate() {
-            let result = sqlx::query(
-                "INSERT INTO events (stream_id, version, aggregate_type, event_id, event_type,
-                    schema_version, recorded_at, org, actor, command_id, command_seq,
-                    correlation_id, causation_id, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )
-            .bind(stream.as_str())
-            .bind(to_i64(current.0 + index as u64 + 1))
-            .bind(meta.aggregate_type.as_str())
-            .bind(event.event_id.to_string())
-            .bind(event.event_type.as_str())
-            .bind(i64::from(event.schema_version))
-            .bind(recorded_at)
-            .bind(meta.org.as_str())
-            .bind(meta.actor.as_str())
-            .bind(command_id.as_str())
-            .bind(index as i64)
-            .bind(correlation_id.as_str())
-            .bind(causation_id.as_str())
-            .bind(payload.as_str())
-            .execute(&mut *tx)
-            .await;
-            match result {
-                Ok(done) => {
-                    last_position = to_u64(done.last_insert_rowid());
-                    first_position.get_or_insert(last_position);
+        let mut outcomes = Vec::with_capacity(parts.len());
+        for ((part, current), payloads) in parts.iter().zip(currents).zip(&payloads) {
+            let meta = part.meta;
+            let command_id = meta.command_id.to_string();
+            let correlation_id = meta.correlation_id.to_string();
+            let causation_id = meta.causation().to_string();
+            let mut first_position = None;
+            let mut last_position = 0;
+            for (index, (event, payload)) in part.events.iter().zip(payloads).enumerate() {
+                let result = sqlx::query(
+                    "INSERT INTO events (stream_id, version, aggregate_type, event_id, event_type,
+                        schema_version, recorded_at, org, actor, command_id, command_seq,
+                        correlation_id, causation_id, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .bind(part.stream.as_str())
+                .bind(to_i64(current.0 + index as u64 + 1))
+                .bind(meta.aggregate_type.as_str())
+                .bind(event.event_id.to_string())
+                .bind(event.event_type.as_str())
+                .bind(i64::from(event.schema_version))
+                .bind(recorded_at)
+                .bind(meta.org.as_str())
+                .bind(meta.actor.as_str())
+                .bind(command_id.as_str())
+                .bind(index as i64)
+                .bind(correlation_id.as_str())
+                .bind(causation_id.as_str())
+                .bind(payload.as_str())
+                .execute(&mut *tx)
+                .await;
+                match result {
+                    Ok(done) => {
+                        last_position = to_u64(done.last_insert_rowid());
+                        first_position.get_or_insert(last_position);
+                    }
+                    // Another process won the race for this version.
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        drop(tx);
+                        return Err(StoreError::WrongExpectedVersion {
+                            stream: part.stream.clone(),
+                            expected: part.expected,
+                            actual: self.stream_version(part.stream).await?,
+                        });
+                    }
+                    Err(error) => return Err(StoreError::from_sqlx(error)),
                 }
-                // Another process won the race for this version.
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    drop(tx);
-                    return Err(StoreError::WrongExpectedVersion {
-                        stream: stream.clone(),
-                        expected,
-                        actual: self.stream_version(stream).await?,
-                    });
-                }
-                Err(error) => return Err(StoreError::from_sqlx(error)),
             }
+            outcomes.push(AppendOutcome {
+                stream_id: part.stream.clone(),
+                first_version: StreamVersion(current.0 + 1),
+                last_version: StreamVersion(current.0 + part.events.len() as u64),
+                first_position: Position(first_position.unwrap_or(last_position)),
+                last_position: Position(last_position),
+                duplicate: false,
+            });
         }
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(AppendOutcome {
-            stream_id: stream.clone(),
-            first_version: StreamVersion(current.0 + 1),
-            last_version: StreamVersion(current.0 + events.len() as u64),
-            first_position: Position(first_position.unwrap_or(last_position)),
-            last_position: Position(last_position),
-            duplicate: false,
-        })
+        Ok(outcomes)
     }
 
     fn decode(&self, row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
@@ -332,9 +357,31 @@ impl EventStore for SqliteStore {
         events: &[NewEvent],
         meta: &CommandMeta,
     ) -> Result<AppendOutcome, StoreError> {
+        let mut outcomes = self
+            .append_all(&[StreamAppend {
+                stream,
+                expected,
+                events,
+                meta,
+            }])
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn append_all(
+        &self,
+        parts: &[StreamAppend<'_>],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         let started = Instant::now();
-        let result = self.append_inner(stream, expected, events, meta).await;
-        record_append(self.backend(), &result, started.elapsed());
+        let result = self.append_parts(parts).await;
+        match &result {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    record_append(self.backend(), Ok(outcome), started.elapsed());
+                }
+            }
+            Err(error) => record_append(self.backend(), Err(error), started.elapsed()),
+        }
         result
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::event::check_type_name;
 use crate::{
     AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    StreamId, StreamVersion,
+    StreamAppend, StreamId, StreamVersion,
 };
 
 /// Size limits every append is checked against before anything is written.
@@ -107,6 +107,20 @@ pub trait EventStore: Send + Sync + 'static {
         events: &[NewEvent],
         meta: &CommandMeta,
     ) -> Result<AppendOutcome, StoreError>;
+
+    /// Appends to several streams as one atomic step: every part is
+    /// written, or none is. Each part has its own expected version and its
+    /// own command (command ids must differ between parts, and so must
+    /// streams); the outcomes come back in the order of the parts. When
+    /// any part's expected version does not match, nothing is written and
+    /// the first such part's conflict is returned. When the parts' command
+    /// ids were appended before, each part answers with its first outcome
+    /// (`duplicate: true`); when only some were, the append is refused with
+    /// [`StoreError::CommandIdReused`].
+    async fn append_all(
+        &self,
+        parts: &[StreamAppend<'_>],
+    ) -> Result<Vec<AppendOutcome>, StoreError>;
 
     /// What the append of this command id did, if it was appended.
     async fn command_outcome(
@@ -239,6 +253,47 @@ pub(crate) fn prepare_append(
     Ok(payloads)
 }
 
+/// Checks a multi-stream append before any I/O: at least one part, no
+/// stream or command id twice, each part as [`prepare_append`] checks it.
+/// Returns each part's serialized payloads.
+pub(crate) fn prepare_parts(
+    parts: &[StreamAppend<'_>],
+    limits: StoreLimits,
+) -> Result<Vec<Vec<String>>, StoreError> {
+    if parts.is_empty() {
+        return Err(StoreError::EmptyAppend);
+    }
+    let mut prepared = Vec::with_capacity(parts.len());
+    let mut total = 0;
+    for (index, part) in parts.iter().enumerate() {
+        let earlier = &parts[..index];
+        if earlier.iter().any(|p| p.stream == part.stream) {
+            return Err(StoreError::RepeatedInAppend {
+                what: "stream",
+                value: part.stream.to_string(),
+            });
+        }
+        if earlier
+            .iter()
+            .any(|p| p.meta.command_id == part.meta.command_id)
+        {
+            return Err(StoreError::RepeatedInAppend {
+                what: "command id",
+                value: part.meta.command_id.to_string(),
+            });
+        }
+        total += part.events.len();
+        prepared.push(prepare_append(part.events, part.meta, limits)?);
+    }
+    if total > HARD_MAX_BATCH {
+        return Err(StoreError::BatchTooLarge {
+            count: total,
+            max: HARD_MAX_BATCH,
+        });
+    }
+    Ok(prepared)
+}
+
 /// Brings a stored payload to the current schema version; a payload that
 /// is already current is passed through without being parsed.
 pub(crate) fn upcast_payload(
@@ -340,7 +395,7 @@ impl Subscription {
 /// Records one append in the metrics every backend reports.
 pub(crate) fn record_append(
     backend: &'static str,
-    result: &Result<AppendOutcome, StoreError>,
+    result: Result<&AppendOutcome, &StoreError>,
     elapsed: Duration,
 ) {
     use charter_domain::ErrorCode;

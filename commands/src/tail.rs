@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use crate::store::{StoreLimits, Subscription};
 use crate::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    Snapshot, StoreError, StreamId, StreamVersion,
+    Snapshot, StoreError, StreamAppend, StreamId, StreamVersion,
 };
 
 struct Cache {
@@ -166,6 +166,13 @@ impl EventStore for TailedStore {
         meta: &CommandMeta,
     ) -> Result<AppendOutcome, StoreError> {
         self.inner.append(stream, expected, events, meta).await
+    }
+
+    async fn append_all(
+        &self,
+        parts: &[StreamAppend<'_>],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.inner.append_all(parts).await
     }
 
     async fn command_outcome(

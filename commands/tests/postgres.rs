@@ -167,3 +167,42 @@ async fn tailed_subscription_catches_up_then_follows() {
 async fn tailed_read_all_is_ordered_and_batched() {
     conformance::read_all_is_ordered_and_batched(&tailed_harness().await).await;
 }
+
+/// Appends that arrive while a transaction is on its way share the next
+/// one: under concurrent writers, several appends carry the same
+/// transaction id in their positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_transactions() {
+    let h = harness().await;
+    let store = h.store();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let s = StreamId::parse(format!("grouped-{i}")).unwrap();
+                store
+                    .append(
+                        &s,
+                        ExpectedVersion::NoStream,
+                        &conformance::events(1),
+                        &conformance::meta("acme"),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut transactions = std::collections::HashMap::new();
+    for task in tasks {
+        let outcome = task.await.unwrap();
+        *transactions
+            .entry(outcome.first_position.0 >> 20)
+            .or_insert(0usize) += 1;
+    }
+    let largest = transactions.values().copied().max().unwrap();
+    assert!(
+        transactions.len() < 200 && largest > 1,
+        "200 concurrent appends took {} transactions",
+        transactions.len()
+    );
+}

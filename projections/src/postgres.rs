@@ -36,9 +36,13 @@ impl PostgresReadModels {
             // Documents and checkpoints commit together, so a batch lost to
             // a crash before it reached the disk is simply applied again
             // from the log: read-model commits need not wait for the flush.
+            // Plans are made once per connection; one made while the tables
+            // were small must not scan them whole once they have grown, and
+            // every statement here seeks by index.
             .options([
                 ("synchronous_commit", "off"),
                 ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
             ]);
         if let Some(schema) = schema {
             options = options.options([("search_path", schema)]);
@@ -436,9 +440,9 @@ impl ReadModels for PostgresReadModels {
     ) -> Result<Option<Document>, ProjectionError> {
         let row = sqlx::query(
             "SELECT r.collection, r.key, r.org, r.doc, r.position
-               FROM read_models r JOIN projections p
-                 ON p.name = r.projection AND p.active_generation = r.generation
-              WHERE r.projection = $1 AND r.collection = $2 AND r.key = $3",
+               FROM read_models r
+              WHERE r.projection = $1 AND r.collection = $2 AND r.key = $3
+                AND r.generation = (SELECT active_generation FROM projections WHERE name = $1)",
         )
         .bind(projection)
         .bind(collection)
@@ -459,13 +463,15 @@ impl ReadModels for PostgresReadModels {
     ) -> Result<Vec<Document>, ProjectionError> {
         // Two statements rather than one with `$3 IS NULL OR …`: plans are
         // generic (see `connect`), and one org's listing must seek by org.
-        // An empty cursor sorts before every key.
+        // The active generation is a sub-select, not a join, so that every
+        // column of the index is known before the seek. An empty cursor
+        // sorts before every key.
         let query = match org {
             Some(org) => sqlx::query(
                 "SELECT r.collection, r.key, r.org, r.doc, r.position
-                   FROM read_models r JOIN projections p
-                     ON p.name = r.projection AND p.active_generation = r.generation
+                   FROM read_models r
                   WHERE r.org = $3 AND r.projection = $1 AND r.collection = $2 AND r.key > $4
+                    AND r.generation = (SELECT active_generation FROM projections WHERE name = $1)
                   ORDER BY r.key LIMIT $5",
             )
             .bind(projection)
@@ -473,9 +479,9 @@ impl ReadModels for PostgresReadModels {
             .bind(org.as_str()),
             None => sqlx::query(
                 "SELECT r.collection, r.key, r.org, r.doc, r.position
-                   FROM read_models r JOIN projections p
-                     ON p.name = r.projection AND p.active_generation = r.generation
+                   FROM read_models r
                   WHERE r.projection = $1 AND r.collection = $2 AND r.key > $3
+                    AND r.generation = (SELECT active_generation FROM projections WHERE name = $1)
                   ORDER BY r.key LIMIT $4",
             )
             .bind(projection)

@@ -911,6 +911,350 @@ pub async fn kernel_retries_on_conflict(h: &dyn Harness) {
     assert_eq!(loaded.version, StreamVersion(9));
 }
 
+/// Several streams in one append: all written, in order, with positions
+/// that follow one another; a stale part writes nothing of any part; a
+/// repeat answers with the first outcomes.
+pub async fn atomic_append_across_streams(h: &dyn Harness) {
+    use charter_commands::StreamAppend;
+    let store = h.store();
+    let (a, b, c) = (stream("pair-a"), stream("pair-b"), stream("pair-c"));
+    store
+        .append(&b, ExpectedVersion::NoStream, &events(2), &meta("acme"))
+        .await
+        .unwrap();
+    let (ma, mb) = (meta("acme"), meta("acme"));
+    let (ea, eb) = (events(2), events(1));
+    let parts = [
+        StreamAppend {
+            stream: &a,
+            expected: ExpectedVersion::NoStream,
+            events: &ea,
+            meta: &ma,
+        },
+        StreamAppend {
+            stream: &b,
+            expected: ExpectedVersion::Exact(StreamVersion(2)),
+            events: &eb,
+            meta: &mb,
+        },
+    ];
+    let outcomes = store.append_all(&parts).await.unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes[0].stream_id, a);
+    assert_eq!(
+        (outcomes[0].first_version, outcomes[0].last_version),
+        (StreamVersion(1), StreamVersion(2))
+    );
+    assert_eq!(outcomes[1].stream_id, b);
+    assert_eq!(
+        (outcomes[1].first_version, outcomes[1].last_version),
+        (StreamVersion(3), StreamVersion(3))
+    );
+    assert!(outcomes[0].last_position < outcomes[1].first_position);
+    assert!(!outcomes[0].duplicate && !outcomes[1].duplicate);
+    let all = read_everything(&*store, outcomes[1].last_position).await;
+    let written: Vec<_> = all
+        .iter()
+        .filter(|e| e.position >= outcomes[0].first_position)
+        .map(|e| (e.stream_id.to_string(), e.version.0))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            ("pair-a".to_owned(), 1),
+            ("pair-a".to_owned(), 2),
+            ("pair-b".to_owned(), 3)
+        ]
+    );
+
+    // The same command ids again: the first outcomes, nothing written.
+    let again = store.append_all(&parts).await.unwrap();
+    assert!(again.iter().all(|o| o.duplicate));
+    assert_eq!(again[0].first_position, outcomes[0].first_position);
+    assert_eq!(again[1].last_version, StreamVersion(3));
+
+    // One stale part: neither stream moves.
+    let (mc, mb2) = (meta("acme"), meta("acme"));
+    let stale = [
+        StreamAppend {
+            stream: &c,
+            expected: ExpectedVersion::NoStream,
+            events: &ea,
+            meta: &mc,
+        },
+        StreamAppend {
+            stream: &b,
+            expected: ExpectedVersion::Exact(StreamVersion(2)),
+            events: &eb,
+            meta: &mb2,
+        },
+    ];
+    match store.append_all(&stale).await {
+        Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
+            assert_eq!(stream, b);
+            assert_eq!(actual, StreamVersion(3));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&c).await.unwrap(), StreamVersion(0));
+    assert_eq!(store.stream_version(&b).await.unwrap(), StreamVersion(3));
+
+    // A repeated stream or command id is refused before anything happens.
+    let twice = [stale[0], stale[0]];
+    assert!(matches!(
+        store.append_all(&twice).await,
+        Err(StoreError::RepeatedInAppend { what: "stream", .. })
+    ));
+    let same_id = [
+        stale[0],
+        StreamAppend {
+            stream: &b,
+            expected: ExpectedVersion::Any,
+            events: &eb,
+            meta: &mc,
+        },
+    ];
+    assert!(matches!(
+        store.append_all(&same_id).await,
+        Err(StoreError::RepeatedInAppend {
+            what: "command id",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.append_all(&[]).await,
+        Err(StoreError::EmptyAppend)
+    ));
+    // Half a repeat: one part's command id was used, the other's not.
+    let half = [
+        parts[0],
+        StreamAppend {
+            stream: &c,
+            expected: ExpectedVersion::NoStream,
+            events: &eb,
+            meta: &mc,
+        },
+    ];
+    assert!(matches!(
+        store.append_all(&half).await,
+        Err(StoreError::CommandIdReused { .. })
+    ));
+    assert_eq!(store.stream_version(&c).await.unwrap(), StreamVersion(0));
+}
+
+/// Many writers at once, some of them stale, some repeating a command:
+/// each append's outcome is its own (a stale neighbour never fails a good
+/// append), and every stream ends exactly as its good appends left it.
+pub async fn concurrent_appends_stay_independent(h: &dyn Harness) {
+    let store = h.store();
+    let shared = stream("independent-shared");
+    store
+        .append(
+            &shared,
+            ExpectedVersion::NoStream,
+            &events(1),
+            &meta("acme"),
+        )
+        .await
+        .unwrap();
+    let repeated = meta("acme");
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let shared = shared.clone();
+            let repeated = repeated.clone();
+            tokio::spawn(async move {
+                match i % 4 {
+                    // Good appends to streams of their own.
+                    0 | 1 => {
+                        let s = stream(&format!("independent-{i}"));
+                        let outcome = store
+                            .append(&s, ExpectedVersion::NoStream, &events(2), &meta("acme"))
+                            .await;
+                        (i, outcome)
+                    }
+                    // Stale appends to the shared stream.
+                    2 => (
+                        i,
+                        store
+                            .append(
+                                &shared,
+                                ExpectedVersion::Exact(StreamVersion(7)),
+                                &events(1),
+                                &meta("acme"),
+                            )
+                            .await,
+                    ),
+                    // The same command, many times at once.
+                    _ => {
+                        let s = stream("independent-repeated");
+                        (
+                            i,
+                            store
+                                .append(&s, ExpectedVersion::Any, &events(1), &repeated)
+                                .await,
+                        )
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut firsts = 0;
+    let mut repeat_positions = HashSet::new();
+    for task in tasks {
+        let (i, outcome) = task.await.unwrap();
+        match i % 4 {
+            0 | 1 => {
+                let outcome = outcome.unwrap_or_else(|e| panic!("append {i} failed: {e}"));
+                assert_eq!(outcome.last_version, StreamVersion(2));
+                assert!(!outcome.duplicate);
+            }
+            2 => match outcome {
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    assert_eq!(actual, StreamVersion(1))
+                }
+                other => panic!("a stale append must conflict, got {other:?}"),
+            },
+            _ => {
+                let outcome = outcome.unwrap_or_else(|e| panic!("repeat {i} failed: {e}"));
+                if !outcome.duplicate {
+                    firsts += 1;
+                }
+                repeat_positions.insert(outcome.first_position);
+            }
+        }
+    }
+    assert_eq!(firsts, 1, "a repeated command takes effect once");
+    assert_eq!(repeat_positions.len(), 1, "every repeat names the first");
+    assert_eq!(
+        store
+            .stream_version(&stream("independent-repeated"))
+            .await
+            .unwrap(),
+        StreamVersion(1)
+    );
+    assert_eq!(
+        store.stream_version(&shared).await.unwrap(),
+        StreamVersion(1)
+    );
+    for i in (0..120).filter(|i| i % 4 < 2) {
+        let s = stream(&format!("independent-{i}"));
+        assert_eq!(store.stream_version(&s).await.unwrap(), StreamVersion(2));
+    }
+}
+
+/// Two kernels on one store, as two processes would be: each keeps the
+/// states it has seen, and neither ever acts on a stale one. A change the
+/// other made is found by the conflict it causes (the command lands on the
+/// current state), and a command that the stale state would refuse or find
+/// already done is decided again from the store.
+pub async fn kernels_sharing_a_store_never_act_on_stale_states(h: &dyn Harness) {
+    use charter_domain::organization::Lifecycle;
+    let store = h.store();
+    let (one, two) = (
+        CommandHandler::new(Arc::clone(&store)),
+        CommandHandler::new(Arc::clone(&store)),
+    );
+    let acme = org("acme");
+    let m = || {
+        CommandMeta::new(
+            Organization::KIND,
+            acme.clone(),
+            Actor::parse("user:root").unwrap(),
+        )
+    };
+    let register = OrgCommand::Register {
+        display_name: DisplayName::parse("Acme").unwrap(),
+        tags: Tags::default(),
+        parent: None,
+    };
+    // Registered by one, without a read (the stream is taken to be new).
+    one.handle::<Organization>(&acme, &register, &m())
+        .await
+        .unwrap();
+    assert_eq!(one.cache().len(), 1);
+    // The other knows nothing of it: its guess that the stream is new
+    // meets the conflict, and the store's state answers.
+    let err = two
+        .handle::<Organization>(&acme, &register, &m())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        charter_domain::ErrorCode::code(&err),
+        "org_already_registered"
+    );
+    for command in [
+        OrgCommand::BeginProvisioning,
+        OrgCommand::CompleteProvisioning,
+    ] {
+        one.handle::<Organization>(&acme, &command, &m())
+            .await
+            .unwrap();
+    }
+    // Two suspends the org; one still holds it as active.
+    two.handle::<Organization>(
+        &acme,
+        &OrgCommand::Suspend {
+            reason: "billing".into(),
+        },
+        &m(),
+    )
+    .await
+    .unwrap();
+    // Resuming from one's stale state would be "nothing to do" or a
+    // refusal; from the store's, it resumes.
+    let resumed = one
+        .handle::<Organization>(&acme, &OrgCommand::Resume, &m())
+        .await
+        .unwrap();
+    assert!(matches!(
+        resumed.events.as_slice(),
+        [OrgEvent::Resumed { .. }]
+    ));
+    assert_eq!(resumed.stream_version, StreamVersion(5));
+    // Two's cached state is now stale; its change still lands on top.
+    let suspended = two
+        .handle::<Organization>(
+            &acme,
+            &OrgCommand::Suspend {
+                reason: "again".into(),
+            },
+            &m(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(suspended.stream_version, StreamVersion(6));
+    let loaded = one.load::<Organization>(&acme).await.unwrap();
+    assert_eq!(
+        loaded.state.0.unwrap().lifecycle,
+        Lifecycle::Suspended,
+        "the last word is the store's"
+    );
+    // A client's expected version is checked against the store, not
+    // against what a kernel happens to hold.
+    let (cached, version) = two.load_cached::<Organization>(&acme).await.unwrap();
+    assert_eq!(version, StreamVersion(6));
+    assert!(cached.0.is_some());
+    one.handle_at::<Organization>(
+        &acme,
+        &OrgCommand::Resume,
+        &m(),
+        charter_commands::Handling {
+            expected: Some(StreamVersion(6)),
+            fresh_command_id: true,
+        },
+    )
+    .await
+    .unwrap();
+    // Following the log drops what another kernel made stale.
+    two.cache().saw(
+        &StreamId::for_aggregate::<Organization>(&acme).unwrap(),
+        StreamVersion(7),
+    );
+    let (_, version) = two.load_cached::<Organization>(&acme).await.unwrap();
+    assert_eq!(version, StreamVersion(7));
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($harness:expr) => {
@@ -929,6 +1273,9 @@ macro_rules! conformance_tests {
             readers_follow_commit_order,
             kernel_handles_commands,
             kernel_retries_on_conflict,
+            atomic_append_across_streams,
+            concurrent_appends_stay_independent,
+            kernels_sharing_a_store_never_act_on_stale_states,
         );
     };
     (@each $harness:expr; $($name:ident,)*) => {

@@ -160,6 +160,12 @@ impl Application {
             Arc::clone(&access).follow(Arc::clone(&self.store), wait_for_stop(stopped.clone())),
         );
         let handler = CommandHandler::new(Arc::clone(&self.store));
+        // Other processes' appends make cached aggregate states stale.
+        let cache_task = tokio::spawn(
+            handler
+                .clone()
+                .follow_log(self.store.head().await.unwrap_or_default()),
+        );
         let queue: Arc<dyn crate::engine::queue::TaskQueue> = match &self.config.nats_url {
             Some(url) => {
                 let client = async_nats::ConnectOptions::new()
@@ -244,6 +250,7 @@ impl Application {
         };
         let _ = stop.send(true);
         upkeep.abort();
+        cache_task.abort();
         let _ = relay_task.await;
         let _ = access_task.await;
         for task in engine_tasks {

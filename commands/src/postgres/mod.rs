@@ -19,11 +19,15 @@
 //! twice; the price is that one long-running writing transaction anywhere in
 //! the cluster holds readers back (not writers) until it ends.
 //!
-//! Writers are never serialized: an append is one `INSERT … SELECT FROM
-//! unnest(…)` statement, one round trip, its own transaction. Optimistic
-//! concurrency rests on the unique `(stream_id, version)` constraint (two
-//! racing writers cannot both insert version N+1) and idempotency on a
-//! partial unique index over the command id of each append's first event.
+//! Appends are committed in groups (see [`append`]): the appends that
+//! arrive while a transaction is on its way share the next one, a single
+//! `INSERT … SELECT FROM unnest(…)` statement that checks every stream's
+//! expected version and every command id and writes only the appends whose
+//! checks pass. Optimistic concurrency rests on those checks and, against
+//! writers in other processes, on the unique `(stream_id, version)`
+//! constraint (two racing writers cannot both insert version N+1);
+//! idempotency on a partial unique index over the command id of each
+//! append's first event.
 //!
 //! Live followers wake on commits announced in-process and, across
 //! processes, through `LISTEN`/`NOTIFY` on a channel per schema. `NOTIFY` is
@@ -35,7 +39,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use charter_domain::upcast::Upcasters;
@@ -48,30 +52,29 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use crate::sql::{self, to_i64, to_u64};
-use crate::store::{
-    HARD_MAX_BATCH, Snapshot, StoreOptions, prepare_append, record_append, upcast_payload,
-};
+use crate::store::{Snapshot, StoreOptions, prepare_parts, upcast_payload};
 use crate::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StoreLimits, StreamId, StreamVersion,
+    StoreError, StoreLimits, StreamAppend, StreamId, StreamVersion,
 };
+
+mod append;
 
 fn migrator() -> Migrator {
     sql::migrator(&[
         (
             "event store",
-            include_str!("../../schema/migrations/postgres/0001_event_store.sql"),
+            include_str!("../../../schema/migrations/postgres/0001_event_store.sql"),
         ),
         (
             "read models",
-            include_str!("../../schema/migrations/postgres/0002_read_models.sql"),
+            include_str!("../../../schema/migrations/postgres/0002_read_models.sql"),
         ),
         (
             "read model index by org",
-            include_str!("../../schema/migrations/postgres/0003_read_model_index.sql"),
+            include_str!("../../../schema/migrations/postgres/0003_read_model_index.sql"),
         ),
     ])
 }
@@ -90,30 +93,6 @@ macro_rules! horizon {
     };
 }
 
-/// One append, one statement. `$2` is the expected version (NULL = any);
-/// the insert happens only when that version exists (or is 0), and the
-/// unique constraints reject racing writers and repeated commands.
-const APPEND_SQL: &str = "\
-WITH base AS (
-    SELECT b.v, (b.v = 0 OR EXISTS (
-        SELECT 1 FROM events WHERE stream_id = $1 AND version = b.v)) AS ok
-    FROM (SELECT COALESCE($2::int8,
-        (SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)) AS v) b
-), ins AS (
-    INSERT INTO events (position, stream_id, version, aggregate_type, event_id, event_type,
-        schema_version, org, actor, command_id, command_seq, correlation_id, causation_id, payload)
-    SELECT (pg_current_xact_id()::text::int8 << 20) + e.ord - 1, $1, base.v + e.ord, $3,
-        e.event_id, e.event_type, e.schema_version, $4, $5, $6, e.ord - 1, $7, $8, e.payload::json
-    FROM base,
-        unnest($9::uuid[], $10::text[], $11::int4[], $12::text[])
-            WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, ord)
-    WHERE base.ok
-    RETURNING position, version
-)
-SELECT count(*)::int8, COALESCE(min(position), 0), COALESCE(max(position), 0),
-       COALESCE(min(version), 0), COALESCE(max(version), 0)
-FROM ins";
-
 /// PostgreSQL-backed [`EventStore`].
 pub struct PostgresStore {
     pool: PgPool,
@@ -122,6 +101,7 @@ pub struct PostgresStore {
     poll_interval: Duration,
     commits: watch::Sender<u64>,
     announce: Arc<Notify>,
+    committer: append::Committer,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -161,9 +141,13 @@ impl PostgresStore {
         })?;
         // Every statement here is a fixed shape over indexed equalities and
         // ranges: plan each once per connection instead of on every call.
-        connect = connect
-            .application_name("charter")
-            .options([("plan_cache_mode", "force_generic_plan")]);
+        // A plan made while the log was small must not read it whole once
+        // it has grown: sequential scans are never what these statements
+        // want, so the planner is told to avoid them.
+        connect = connect.application_name("charter").options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ]);
         let channel = match &options.schema {
             Some(schema) => {
                 check_schema_name(schema)?;
@@ -182,6 +166,12 @@ impl PostgresStore {
             }
             None => "charter_events".to_owned(),
         };
+        // Appends have a connection of their own, so that they never queue
+        // behind reads for the shared pool.
+        let append_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(connect.clone());
         let pool = PgPoolOptions::new()
             // One connection more for the LISTEN task, which keeps its own.
             .max_connections(options.max_connections.max(1) + 1)
@@ -189,6 +179,13 @@ impl PostgresStore {
             .connect_lazy_with(connect);
         let (commits, _) = watch::channel(0u64);
         let announce = Arc::new(Notify::new());
+        let (committer, commit_task) = append::Committer::start(append_pool, {
+            let (commits, announce) = (commits.clone(), Arc::clone(&announce));
+            move || {
+                commits.send_modify(|n| *n = n.wrapping_add(1));
+                announce.notify_one();
+            }
+        });
         let tasks = vec![
             tokio::spawn(listen(pool.clone(), channel.clone(), commits.clone())),
             tokio::spawn(announce_commits(
@@ -196,6 +193,7 @@ impl PostgresStore {
                 channel,
                 Arc::clone(&announce),
             )),
+            commit_task,
         ];
         Ok(Self {
             pool,
@@ -204,6 +202,7 @@ impl PostgresStore {
             poll_interval: options.poll_interval,
             commits,
             announce,
+            committer,
             tasks,
         })
     }
@@ -215,7 +214,7 @@ impl PostgresStore {
     }
 
     /// Runs the production append statement on a connection the caller
-    /// controls (inside its own transaction), without retries or lookups.
+    /// controls (inside its own transaction), without retries or grouping.
     /// Tests use it to hold transactions open and commit them out of order.
     pub async fn append_on(
         &self,
@@ -225,134 +224,35 @@ impl PostgresStore {
         events: &[NewEvent],
         meta: &CommandMeta,
     ) -> Result<AppendOutcome, StoreError> {
-        let payloads = prepare_append(events, meta, self.limits)?;
-        let row = self
-            .append_statement(stream, expected, events, &payloads, meta)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        if let Some(outcome) = outcome_from_row(stream, &row)? {
-            return Ok(outcome);
-        }
-        let actual: i64 =
-            sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1")
-                .bind(stream.as_str())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-        Err(StoreError::WrongExpectedVersion {
-            stream: stream.clone(),
+        let parts = self.prepare(&[StreamAppend {
+            stream,
             expected,
-            actual: StreamVersion(to_u64(actual)),
-        })
+            events,
+            meta,
+        }])?;
+        let mut outcomes = append::append_unit_on(conn, &parts).await?;
+        Ok(outcomes.remove(0))
     }
 
-    fn append_statement<'q>(
-        &self,
-        stream: &'q StreamId,
-        expected: ExpectedVersion,
-        events: &'q [NewEvent],
-        payloads: &'q [String],
-        meta: &'q CommandMeta,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        let expected_base: Option<i64> = match expected {
-            ExpectedVersion::Any => None,
-            ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Exact(v) => Some(to_i64(v.0)),
-        };
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = events
+    fn prepare(&self, parts: &[StreamAppend<'_>]) -> Result<Vec<append::Part>, StoreError> {
+        let payloads = prepare_parts(parts, self.limits)?;
+        Ok(parts
             .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .collect();
-        sqlx::query(APPEND_SQL)
-            .bind(stream.as_str())
-            .bind(expected_base)
-            .bind(meta.aggregate_type.as_str())
-            .bind(meta.org.as_str())
-            .bind(meta.actor.as_str())
-            .bind(meta.command_id.as_uuid())
-            .bind(meta.correlation_id.as_uuid())
-            .bind(meta.causation().as_uuid())
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-    }
-
-    /// The outcome of an earlier append of this command, if there was one.
-    async fn find_command(
-        &self,
-        command_id: CommandId,
-    ) -> Result<Option<AppendOutcome>, StoreError> {
-        let row = sqlx::query(
-            "SELECT f.stream_id, f.position, f.version,
-                    (SELECT count(*) FROM events e
-                      WHERE e.stream_id = f.stream_id AND e.version >= f.version
-                        AND e.version < f.version + $2 AND e.command_id = f.command_id)
-             FROM events f WHERE f.command_id = $1 AND f.command_seq = 0",
-        )
-        .bind(command_id.as_uuid())
-        .bind(to_i64(HARD_MAX_BATCH as u64))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        let Some(row) = row else { return Ok(None) };
-        let get = |i| row.try_get::<i64, _>(i).map_err(StoreError::from_sqlx);
-        sql::earlier_outcome(
-            row.try_get(0).map_err(StoreError::from_sqlx)?,
-            get(1)?,
-            get(2)?,
-            get(3)?,
-        )
-        .map(Some)
-    }
-
-    async fn append_inner(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError> {
-        let payloads = prepare_append(events, meta, self.limits)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self
-                .append_statement(stream, expected, events, &payloads, meta)
-                .fetch_one(&self.pool)
-                .await;
-            let violated = match result {
-                Ok(row) => match outcome_from_row(stream, &row)? {
-                    Some(outcome) => {
-                        self.announce_commit();
-                        return Ok(outcome);
-                    }
-                    None => false,
-                },
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => true,
-                Err(error) => return Err(StoreError::from_sqlx(error)),
-            };
-            if let Some(outcome) = self.find_command(meta.command_id).await? {
-                if outcome.stream_id != *stream {
-                    return Err(StoreError::CommandIdReused {
-                        command_id: meta.command_id,
-                        stream: outcome.stream_id,
-                    });
-                }
-                return Ok(outcome);
-            }
-            if violated && expected == ExpectedVersion::Any && attempt < 50 {
-                continue;
-            }
-            return Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: self.stream_version(stream).await?,
-            });
-        }
+            .zip(payloads)
+            .map(|(part, payloads)| append::Part {
+                stream: part.stream.clone(),
+                expected: part.expected,
+                meta: part.meta.clone(),
+                event_ids: part.events.iter().map(|e| e.event_id.as_uuid()).collect(),
+                types: part.events.iter().map(|e| e.event_type.clone()).collect(),
+                schema_versions: part
+                    .events
+                    .iter()
+                    .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+                    .collect(),
+                payloads,
+            })
+            .collect())
     }
 
     /// Wakes live readers after a commit made outside `append`.
@@ -364,21 +264,6 @@ impl PostgresStore {
     fn decode(&self, row: &PgRow) -> Result<RecordedEvent, StoreError> {
         decode_row(row, &self.upcasters)
     }
-}
-
-fn outcome_from_row(stream: &StreamId, row: &PgRow) -> Result<Option<AppendOutcome>, StoreError> {
-    let get = |i: usize| row.try_get::<i64, _>(i).map_err(StoreError::from_sqlx);
-    if get(0)? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(AppendOutcome {
-        stream_id: stream.clone(),
-        first_position: Position(to_u64(get(1)?)),
-        last_position: Position(to_u64(get(2)?)),
-        first_version: StreamVersion(to_u64(get(3)?)),
-        last_version: StreamVersion(to_u64(get(4)?)),
-        duplicate: false,
-    }))
 }
 
 fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, StoreError> {
@@ -515,17 +400,31 @@ impl EventStore for PostgresStore {
         events: &[NewEvent],
         meta: &CommandMeta,
     ) -> Result<AppendOutcome, StoreError> {
-        let started = Instant::now();
-        let result = self.append_inner(stream, expected, events, meta).await;
-        record_append(self.backend(), &result, started.elapsed());
-        result
+        let mut outcomes = self
+            .append_all(&[StreamAppend {
+                stream,
+                expected,
+                events,
+                meta,
+            }])
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn append_all(
+        &self,
+        parts: &[StreamAppend<'_>],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let prepared = self.prepare(parts)?;
+        self.committer.append(prepared).await
     }
 
     async fn command_outcome(
         &self,
         command_id: CommandId,
     ) -> Result<Option<AppendOutcome>, StoreError> {
-        self.find_command(command_id).await
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+        append::find_command(&mut conn, command_id).await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
