@@ -81,6 +81,14 @@ pub struct Handling {
     pub fresh_command_id: bool,
 }
 
+/// Writers that collided back off by a random amount (growing with each
+/// collision) so that they stop colliding.
+pub(crate) async fn conflict_pause(attempt: u32) {
+    let ceiling = 1u64 << attempt.min(5);
+    let pause = rand::random_range(0..=ceiling * 1000);
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+}
+
 /// An aggregate as loaded from the store.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
@@ -91,10 +99,10 @@ pub struct Loaded<A> {
 /// Runs commands against aggregates kept in an [`EventStore`].
 #[derive(Clone)]
 pub struct CommandHandler {
-    store: Arc<dyn EventStore>,
-    cache: Arc<StateCache>,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) cache: Arc<StateCache>,
     snapshot_every: u64,
-    max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 /// Where one attempt at a command starts from.
@@ -204,7 +212,26 @@ impl CommandHandler {
         Ok((state, loaded.version))
     }
 
-    async fn load_stream<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
+    /// The cached state when `acceptable` takes it, the store's otherwise:
+    /// for reads that may act at once on a state that is good enough, and
+    /// ask the store before they conclude anything from one that is not
+    /// (a cached state can only be behind).
+    pub async fn load_unless<A: Aggregate>(
+        &self,
+        id: &A::Id,
+        acceptable: impl Fn(&A) -> bool,
+    ) -> Result<Arc<A>, StoreError> {
+        let (cached, _) = self.load_cached::<A>(id).await?;
+        if acceptable(&cached) {
+            return Ok(cached);
+        }
+        Ok(Arc::new(self.load::<A>(id).await?.state))
+    }
+
+    pub(crate) async fn load_stream<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Loaded<A>, StoreError> {
         let (snapshot, first) = self.store.load(stream, LOAD_BATCH).await?;
         let (mut state, mut version, mut batch) = match snapshot {
             Some(snapshot) if snapshot.aggregate_type == A::KIND => {
@@ -378,11 +405,7 @@ impl CommandHandler {
                     tracing::debug!(attempt, "conflict; reloading and deciding again");
                     metrics::counter!("charter_command_retries_total", "aggregate" => A::KIND)
                         .increment(1);
-                    // Writers that collided back off by a random amount
-                    // (growing with each collision) so they stop colliding.
-                    let ceiling = 1u64 << attempt.min(5);
-                    let pause = rand::random_range(0..=ceiling * 1000);
-                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    conflict_pause(attempt).await;
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -421,7 +444,7 @@ impl CommandHandler {
         })
     }
 
-    async fn maybe_snapshot<A: Aggregate>(
+    pub(crate) async fn maybe_snapshot<A: Aggregate>(
         &self,
         stream: &StreamId,
         before: StreamVersion,

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod error;
 pub mod event;
 pub mod jetstream;
+pub mod joint;
 pub mod kernel;
 pub mod postgres;
 pub mod publish;

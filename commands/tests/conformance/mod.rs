@@ -1255,6 +1255,156 @@ pub async fn kernels_sharing_a_store_never_act_on_stale_states(h: &dyn Harness) 
     assert_eq!(version, StreamVersion(7));
 }
 
+/// One decision over two aggregates: both streams written in one append or
+/// neither; a refusal writes nothing; a state another kernel made stale is
+/// found by the conflict and decided again; concurrent joint commands on
+/// the same two aggregates all land.
+pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
+    use charter_commands::joint::Joint;
+    let store = h.store();
+    let kernel = CommandHandler::new(Arc::clone(&store)).with_max_attempts(60);
+    let other = CommandHandler::new(Arc::clone(&store));
+    let (left, right) = (org("left"), org("right"));
+    let m = |o: &OrgName| {
+        CommandMeta::new(
+            Organization::KIND,
+            o.clone(),
+            Actor::parse("user:root").unwrap(),
+        )
+    };
+    let register = OrgCommand::Register {
+        display_name: DisplayName::parse("Side").unwrap(),
+        tags: Tags::default(),
+        parent: None,
+    };
+    let both = |command: OrgCommand| {
+        move |a: &Organization, b: &Organization| {
+            Ok::<_, charter_domain::organization::OrgRejection>(Joint {
+                first: a.decide(&org("left"), &command)?,
+                second: b.decide(&org("right"), &command)?,
+                value: (),
+            })
+        }
+    };
+    let outcome = kernel
+        .handle_together::<Organization, Organization, _, _>(
+            (&left, &m(&left)),
+            (&right, &m(&right)),
+            both(register.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.first.stream_version, StreamVersion(1));
+    assert_eq!(outcome.second.stream_version, StreamVersion(1));
+    let (p1, p2) = (
+        outcome.first.position.unwrap(),
+        outcome.second.position.unwrap(),
+    );
+    assert!(p1 < p2);
+    // Registering again is refused on both sides: nothing is written.
+    let err = kernel
+        .handle_together::<Organization, Organization, _, _>(
+            (&left, &m(&left)),
+            (&right, &m(&right)),
+            both(register.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        charter_domain::ErrorCode::code(&err),
+        "org_already_registered"
+    );
+    // A refusal by one side only: the other side's change is not written.
+    let lonely = org("lonely");
+    let err = kernel
+        .handle_together::<Organization, Organization, _, _>(
+            (&lonely, &m(&lonely)),
+            (&right, &m(&right)),
+            |a: &Organization, b: &Organization| {
+                Ok::<_, charter_domain::organization::OrgRejection>(Joint {
+                    first: a.decide(&org("lonely"), &register)?,
+                    second: b.decide(&org("right"), &register)?,
+                    value: (),
+                })
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        charter_domain::ErrorCode::code(&err),
+        "org_already_registered"
+    );
+    assert_eq!(
+        store
+            .stream_version(&StreamId::for_aggregate::<Organization>(&lonely).unwrap())
+            .await
+            .unwrap(),
+        StreamVersion(0)
+    );
+    // Another kernel moves one side; the joint command still lands on top.
+    other
+        .handle::<Organization>(&right, &OrgCommand::BeginProvisioning, &m(&right))
+        .await
+        .unwrap();
+    let tags = |n: usize| OrgCommand::SetTags {
+        tags: Tags::parse([("n", n.to_string().as_str())]).unwrap(),
+    };
+    let outcome = kernel
+        .handle_together::<Organization, Organization, _, _>(
+            (&left, &m(&left)),
+            (&right, &m(&right)),
+            both(tags(0)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.first.stream_version, StreamVersion(2));
+    assert_eq!(outcome.second.stream_version, StreamVersion(3));
+    // Concurrent joint commands on the same pair all land.
+    let tasks: Vec<_> = (1..=12)
+        .map(|n| {
+            let kernel = kernel.clone();
+            let (left, right) = (left.clone(), right.clone());
+            tokio::spawn(async move {
+                let m = |o: &OrgName| {
+                    CommandMeta::new(
+                        Organization::KIND,
+                        o.clone(),
+                        Actor::parse("user:root").unwrap(),
+                    )
+                };
+                let command = OrgCommand::SetTags {
+                    tags: Tags::parse([("n", n.to_string().as_str())]).unwrap(),
+                };
+                kernel
+                    .handle_together::<Organization, Organization, _, _>(
+                        (&left, &m(&left)),
+                        (&right, &m(&right)),
+                        |a: &Organization, b: &Organization| {
+                            Ok::<_, charter_domain::organization::OrgRejection>(Joint {
+                                first: a.decide(&org("left"), &command)?,
+                                second: b.decide(&org("right"), &command)?,
+                                value: (),
+                            })
+                        },
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let l = kernel.load::<Organization>(&left).await.unwrap();
+    let r = kernel.load::<Organization>(&right).await.unwrap();
+    assert_eq!(l.version, StreamVersion(14));
+    assert_eq!(r.version, StreamVersion(15));
+    assert_eq!(
+        l.state.0.unwrap().tags,
+        r.state.0.unwrap().tags,
+        "decided together"
+    );
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($harness:expr) => {
@@ -1276,6 +1426,7 @@ macro_rules! conformance_tests {
             atomic_append_across_streams,
             concurrent_appends_stay_independent,
             kernels_sharing_a_store_never_act_on_stale_states,
+            joint_commands_change_both_or_neither,
         );
     };
     (@each $harness:expr; $($name:ident,)*) => {

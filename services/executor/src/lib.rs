@@ -228,16 +228,64 @@ impl Executor {
         })
     }
 
+    /// Whether calls of this tool run inside the caller, at once and
+    /// without I/O (the built-ins), so that [`Executor::call_inline`]
+    /// answers them.
+    pub fn runs_inline(spec: &ToolSpec) -> bool {
+        matches!(spec.runtime, Runtime::Builtin(_))
+    }
+
+    /// Runs a call of a tool that [runs inline](Executor::runs_inline) to
+    /// the end, input and output checked; `None` for any other tool.
+    pub fn call_inline(&self, call: &Call<'_>) -> Option<Result<Success, Failure>> {
+        let started = Instant::now();
+        let output = match &call.spec.runtime {
+            Runtime::Builtin(builtin) => builtin_output(*builtin, call.input),
+            _ => return None,
+        };
+        Some(
+            self.check_input(call)
+                .and_then(|()| self.check_output(call, output, String::new(), started)),
+        )
+    }
+
+    fn check_output(
+        &self,
+        call: &Call<'_>,
+        output: Value,
+        stderr: String,
+        started: Instant,
+    ) -> Result<Success, Failure> {
+        let schemas = self.schemas(call)?;
+        if let Err(problems) = schemas.output.check(&output) {
+            let mut failure = Failure::new(
+                FailureCode::OutputSchemaMismatch,
+                format!(
+                    "the output does not match the tool's output schema: {}",
+                    summary(&problems)
+                ),
+            )
+            .with_stderr(stderr);
+            failure.problems = problems;
+            return Err(failure);
+        }
+        Ok(Success {
+            output,
+            elapsed: started.elapsed(),
+            stderr,
+        })
+    }
+
     /// Runs one call to the end: input check, the runtime, output check.
     /// Dropping the future cancels the call and kills what it started.
     pub async fn call(&self, call: Call<'_>) -> Result<Success, Failure> {
+        if let Some(outcome) = self.call_inline(&call) {
+            return outcome;
+        }
         self.check_input(&call)?;
         let started = Instant::now();
         let (output, stderr) = match &call.spec.runtime {
-            Runtime::Builtin(Builtin::Noop) => {
-                (Value::Object(serde_json::Map::new()), String::new())
-            }
-            Runtime::Builtin(Builtin::Echo) => (call.input.clone(), String::new()),
+            Runtime::Builtin(builtin) => (builtin_output(*builtin, call.input), String::new()),
             Runtime::Process(process) => {
                 let secrets = self.resolve(call.org, process.secrets.iter())?;
                 process::run(&call, process, &secrets).await?
@@ -256,24 +304,7 @@ impl Executor {
                 ));
             }
         };
-        let schemas = self.schemas(&call)?;
-        if let Err(problems) = schemas.output.check(&output) {
-            let mut failure = Failure::new(
-                FailureCode::OutputSchemaMismatch,
-                format!(
-                    "the output does not match the tool's output schema: {}",
-                    summary(&problems)
-                ),
-            )
-            .with_stderr(stderr);
-            failure.problems = problems;
-            return Err(failure);
-        }
-        Ok(Success {
-            output,
-            elapsed: started.elapsed(),
-            stderr,
-        })
+        self.check_output(&call, output, stderr, started)
     }
 
     /// Looks up the values of the secrets a tool names.
@@ -295,6 +326,14 @@ impl Executor {
                     })
             })
             .collect()
+    }
+}
+
+/// What a built-in answers.
+fn builtin_output(builtin: Builtin, input: &Value) -> Value {
+    match builtin {
+        Builtin::Noop => Value::Object(serde_json::Map::new()),
+        Builtin::Echo => input.clone(),
     }
 }
 

@@ -98,6 +98,25 @@ impl RunFeed {
         (Self(sender), receiver)
     }
 
+    /// Hands events a run's stream reached `last_version` with to the
+    /// driver (the last of them at that version).
+    pub fn send(
+        &self,
+        id: &RunId,
+        last_version: charter_commands::StreamVersion,
+        events: &[RunEvent],
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        let first = last_version.0 + 1 - events.len() as u64;
+        for (offset, event) in events.iter().enumerate() {
+            let _ = self
+                .0
+                .send((id.clone(), first + offset as u64, event.clone()));
+        }
+    }
+
     /// Handles a run command, and hands what it appended to the driver.
     pub async fn handle(
         &self,
@@ -110,13 +129,8 @@ impl RunFeed {
         charter_commands::CommandError<charter_domain::run::RunRejection>,
     > {
         let outcome = handler.handle::<Run>(id, command, meta).await?;
-        if !outcome.duplicate && !outcome.events.is_empty() {
-            let first = outcome.stream_version.0 + 1 - outcome.events.len() as u64;
-            for (offset, event) in outcome.events.iter().enumerate() {
-                let _ = self
-                    .0
-                    .send((id.clone(), first + offset as u64, event.clone()));
-            }
+        if !outcome.duplicate {
+            self.send(id, outcome.stream_version, &outcome.events);
         }
         Ok(outcome)
     }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use charter_commands::joint::Joint;
 use charter_commands::{CommandHandler, CommandMeta, Position};
 use charter_domain::contract::{Contract, ContractCommand, Terms};
 use charter_domain::ids::{JobSpaceName, Scoped};
@@ -16,6 +17,7 @@ use charter_domain::{Actor, Aggregate, ErrorClass, OrgName};
 use charter_projections::access::AccessIndex;
 use serde_json::{Value, json};
 
+use super::worker::Refusal;
 use crate::auth::Principal;
 use crate::gateway::ApiError;
 
@@ -48,11 +50,17 @@ pub async fn start_run(
     request: StartRequest<'_>,
 ) -> Result<Started, ApiError> {
     let org: &OrgName = &request.run.org;
+    // Definitions and tools as this process knows them; the store is asked
+    // before anything is refused for what they lack.
     let workflow = handler
-        .load::<Workflow>(&Scoped::new(org.clone(), request.workflow.clone()))
-        .await?
-        .state
+        .load_unless::<Workflow>(&Scoped::new(org.clone(), request.workflow.clone()), |w| {
+            w.0.as_ref()
+                .is_some_and(|w| w.version(request.version).is_some())
+        })
+        .await?;
+    let workflow = workflow
         .0
+        .as_ref()
         .ok_or_else(|| ApiError::not_found("workflow", request.workflow.as_str()))?;
     let version = workflow.version(request.version).ok_or_else(|| {
         ApiError::not_found(
@@ -90,11 +98,14 @@ pub async fn start_run(
     for node in &spec.nodes {
         match node.kind() {
             Some(NodeKind::Tool(name, pinned)) => {
-                let state = handler
-                    .load::<Tool>(&Scoped::new(org.clone(), name.clone()))
-                    .await?
-                    .state
+                let tool = handler
+                    .load_unless::<Tool>(&Scoped::new(org.clone(), name.clone()), |t| {
+                        t.0.as_ref().is_some_and(|t| t.runnable(pinned).is_ok())
+                    })
+                    .await?;
+                let state = tool
                     .0
+                    .as_ref()
                     .ok_or_else(|| ApiError::not_found("tool", name.as_str()))?;
                 let version = state.runnable(pinned).map_err(|e| {
                     ApiError::new(
@@ -114,10 +125,14 @@ pub async fn start_run(
             }
             Some(NodeKind::Workflow(sub)) => {
                 let child = handler
-                    .load::<Workflow>(&Scoped::new(org.clone(), sub.name.clone()))
-                    .await?
-                    .state
+                    .load_unless::<Workflow>(&Scoped::new(org.clone(), sub.name.clone()), |w| {
+                        w.0.as_ref()
+                            .is_some_and(|w| w.version(sub.version.as_ref()).is_some())
+                    })
+                    .await?;
+                let child = child
                     .0
+                    .as_ref()
                     .and_then(|w| {
                         w.version(sub.version.as_ref())
                             .map(|v| v.spec.version.clone())
@@ -155,32 +170,41 @@ pub async fn start_run(
     };
     let terms = Terms::for_run(&plan, request.by.as_str(), may_call, now);
     let meta = |kind: &str| CommandMeta::new(kind, org.clone(), request.by.clone());
-    handler
-        .handle::<Contract>(
-            &request.run,
-            &ContractCommand::Issue {
-                terms: Box::new(terms),
+    let issue = ContractCommand::Issue {
+        terms: Box::new(terms),
+    };
+    let start = RunCommand::Start {
+        plan: Box::new(plan),
+        input: request.input,
+        by: request.by.clone(),
+        now,
+    };
+    // The contract and the run begin in one append.
+    let outcome = handler
+        .handle_together::<Contract, Run, _, _>(
+            (&request.run, &meta(Contract::KIND)),
+            (&request.run, &meta(Run::KIND)),
+            |contract: &Contract, run: &Run| {
+                Ok::<_, Refusal>(Joint {
+                    first: contract
+                        .decide(&request.run, &issue)
+                        .map_err(Refusal::Contract)?,
+                    second: run.decide(&request.run, &start).map_err(Refusal::Run)?,
+                    value: (),
+                })
             },
-            &meta(Contract::KIND),
         )
         .await?;
-    let outcome = feed
-        .handle(
-            handler,
-            &request.run,
-            &RunCommand::Start {
-                plan: Box::new(plan),
-                input: request.input,
-                by: request.by.clone(),
-                now,
-            },
-            &meta(Run::KIND),
-        )
-        .await?;
+    feed.send(
+        &request.run,
+        outcome.second.stream_version,
+        &outcome.second.events,
+    );
     Ok(Started {
         run: request.run,
-        position: outcome.position,
+        position: outcome.second.position,
         events: outcome
+            .second
             .events
             .iter()
             .map(|e| charter_domain::DomainEvent::event_type(e).to_owned())

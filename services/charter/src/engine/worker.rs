@@ -8,14 +8,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use charter_commands::joint::Joint;
 use charter_commands::{CommandError, CommandHandler, CommandMeta};
-use charter_domain::contract::{CallCharge, Contract, ContractCommand, ContractEvent};
+use charter_domain::contract::{
+    CallCharge, Contract, ContractCommand, ContractEvent, ContractRejection,
+};
 use charter_domain::ids::Scoped;
 use charter_domain::run::{NodeFailure, NodeState, Run, RunCommand, RunId, RunRejection, RunState};
 use charter_domain::tool::Tool;
 use charter_domain::workflow::{NodeKind, NodeName, NodeSpec};
 use charter_domain::{Actor, Aggregate, ErrorCode};
-use charter_executor::{Call, Executor};
+use charter_executor::{Call, Executor, Failure, Success};
 use charter_projections::access::AccessIndex;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -140,32 +143,30 @@ impl Worker {
         }
     }
 
+    /// The run as this process knows it, when its node still wants this
+    /// task: from the kernel's cache first, and from the store before a
+    /// task is dropped (a cached state can only be behind).
+    async fn wanted(&self, task: &Task) -> anyhow::Result<Option<(Arc<Run>, Value)>> {
+        let run = self
+            .handler
+            .load_unless::<Run>(&task.run, |run| wants(run, task, now_ms()).is_some())
+            .await?;
+        Ok(wants(&run, task, now_ms()).map(|input| (run, input)))
+    }
+
     async fn execute(&self, task: &Task) -> anyhow::Result<()> {
-        let loaded = self.handler.load::<Run>(&task.run).await?;
-        let Some(state) = loaded.state.0 else {
+        let Some((run, input)) = self.wanted(task).await? else {
             return Ok(());
         };
-        if state.status.is_final() {
+        let Some(state) = run.0.as_deref() else {
             return Ok(());
-        }
+        };
         let now = now_ms();
-        let input = match state.nodes.get(&task.node) {
-            Some(NodeState::Scheduled { attempt, input, .. }) if *attempt == task.attempt => {
-                input.clone()
-            }
-            Some(NodeState::Running {
-                attempt,
-                input,
-                lease_until,
-                ..
-            }) if *attempt == task.attempt && *lease_until <= now => input.clone(),
-            _ => return Ok(()),
-        };
         let Some(spec) = state.plan.spec.nodes.iter().find(|n| n.name == task.node) else {
             return Ok(());
         };
         match spec.kind() {
-            Some(NodeKind::Tool(..)) => self.call_tool(&state, spec, task, input).await,
+            Some(NodeKind::Tool(..)) => self.call_tool(state, spec, task, input).await,
             Some(NodeKind::Workflow(sub)) => {
                 let child = RunId::new(task.run.org.clone());
                 let claim = RunCommand::Claim {
@@ -245,14 +246,20 @@ impl Worker {
                 )
                 .await;
         };
+        let tool_id = Scoped::new(org.clone(), pinned.name.clone());
+        let runnable = |tool: &Tool| {
+            tool.0
+                .as_ref()
+                .map(|t| t.runnable(Some(&pinned.version)).map(|v| v.spec.clone()))
+        };
+        // A tool that looks unrunnable is asked of the store before the
+        // node fails for it.
         let tool = self
             .handler
-            .load::<Tool>(&Scoped::new(org.clone(), pinned.name.clone()))
-            .await?
-            .state
-            .0;
-        let version = match tool.as_ref().map(|t| t.runnable(Some(&pinned.version))) {
-            Some(Ok(version)) => version.clone(),
+            .load_unless::<Tool>(&tool_id, |tool| matches!(runnable(tool), Some(Ok(_))))
+            .await?;
+        let mut tool_spec = match runnable(&tool) {
+            Some(Ok(spec)) => spec,
             Some(Err(rejection)) => {
                 return self
                     .report(&task.run, fail(rejection.code(), rejection.to_string()))
@@ -270,7 +277,6 @@ impl Worker {
                     .await;
             }
         };
-        let mut tool_spec = version.spec.clone();
         if let Some(timeout) = spec.timeout
             && timeout < tool_spec.limits.timeout
         {
@@ -299,48 +305,15 @@ impl Worker {
             Some(decision) => serde_json::to_value(decision).unwrap_or(Value::Null),
             None => json!({"allowed": false, "deniedBecause": "unknown_principal"}),
         };
-        let mut refusal = None;
-        if !decision.is_some_and(|d| d.allowed) {
-            refusal = Some((
+        let forbidden = (!decision.is_some_and(|d| d.allowed)).then(|| {
+            (
                 "forbidden",
                 format!(
                     "{} may not call `{}` at version `{}`",
                     state.started_by, pinned.name, pinned.version
                 ),
-            ));
-        }
-        // 2. The contract.
-        let mut contract = Value::Null;
-        if refusal.is_none() {
-            let charge = ContractCommand::Charge {
-                call: CallCharge {
-                    node: task.node.clone(),
-                    attempt: task.attempt,
-                    tool: pinned.name.clone(),
-                    version: pinned.version.clone(),
-                    cost: tool_spec.cost,
-                },
-                now: now_ms(),
-            };
-            let outcome = self
-                .handler
-                .handle::<Contract>(&task.run, &charge, &meta(&task.run, Contract::KIND))
-                .await
-                .map_err(|e| anyhow::anyhow!("charging the contract: {e}"))?;
-            contract = match outcome.events.first() {
-                Some(ContractEvent::CallAdmitted {
-                    calls_used,
-                    cost_used,
-                    ..
-                }) => json!({"admitted": true, "callsUsed": calls_used, "costUsed": cost_used}),
-                Some(ContractEvent::Breached { kind, detail, .. }) => {
-                    refusal = Some(("contract_breach", format!("{}: {detail}", kind.as_str())));
-                    json!({"admitted": false, "breach": kind.as_str(), "detail": detail})
-                }
-                _ => json!({"admitted": true, "repeat": true}),
-            };
-        }
-        // 3. The input schema.
+            )
+        });
         let idempotency_key = state.idempotency_key(&task.node);
         let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
         let call = Call {
@@ -351,36 +324,126 @@ impl Worker {
             idempotency_key: &idempotency_key,
             scopes: &scopes,
         };
-        let mut input_check = Value::Null;
-        if refusal.is_none() {
-            input_check = match self.executor.check_input(&call) {
-                Ok(()) => json!({"valid": true}),
-                Err(failure) => {
-                    refusal = Some(("input_schema_mismatch", failure.message.clone()));
-                    json!({"valid": false, "problems": failure.problems})
-                }
-            };
-        }
-        let checks = json!({
-            "tool": pinned.name.as_str(),
-            "version": pinned.version.as_str(),
-            "authorization": authorization,
-            "contract": contract,
-            "input": input_check,
-        });
-        let claim = RunCommand::Claim {
-            node: task.node.clone(),
-            attempt: task.attempt,
-            worker: self.id.clone(),
-            lease_until: now_ms() + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS,
-            checks,
+        // 3. The input schema (pure; recorded only when the contract
+        // admits the call).
+        let input_check = self.executor.check_input(&call);
+        // A built-in answers at once: its outcome is recorded with the
+        // claim, in the same append.
+        let inline = if forbidden.is_none() && input_check.is_ok() {
+            self.executor.call_inline(&call)
+        } else {
+            None
+        };
+        let charge = ContractCommand::Charge {
+            call: CallCharge {
+                node: task.node.clone(),
+                attempt: task.attempt,
+                tool: pinned.name.clone(),
+                version: pinned.version.clone(),
+                cost: tool_spec.cost,
+            },
             now: now_ms(),
         };
-        if !self.claim(&task.run, claim).await? {
+        let lease_until = now_ms() + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS;
+        let worker = self.id.clone();
+        let now = now_ms();
+        // 2. The contract, charged in the same append that claims the node
+        // (and, for a built-in, records its outcome): a call is never
+        // charged without being claimed, nor claimed without being charged.
+        let decide = |contract: &Contract, run: &Run| {
+            let (contract_events, contract_check, refusal) = match &forbidden {
+                Some(refusal) => (Vec::new(), Value::Null, Some(refusal.clone())),
+                None => {
+                    let events = contract
+                        .decide(&task.run, &charge)
+                        .map_err(Refusal::Contract)?;
+                    let (check, refusal) = match events.first() {
+                        Some(ContractEvent::CallAdmitted {
+                            calls_used,
+                            cost_used,
+                            ..
+                        }) => (
+                            json!({"admitted": true, "callsUsed": calls_used, "costUsed": cost_used}),
+                            None,
+                        ),
+                        Some(ContractEvent::Breached { kind, detail, .. }) => (
+                            json!({"admitted": false, "breach": kind.as_str(), "detail": detail}),
+                            Some(("contract_breach", format!("{}: {detail}", kind.as_str()))),
+                        ),
+                        _ => (json!({"admitted": true, "repeat": true}), None),
+                    };
+                    (events, check, refusal)
+                }
+            };
+            let (input_record, refusal) = match (&refusal, &input_check) {
+                (Some(_), _) => (Value::Null, refusal),
+                (None, Ok(())) => (json!({"valid": true}), None),
+                (None, Err(failure)) => (
+                    json!({"valid": false, "problems": failure.problems}),
+                    Some(("input_schema_mismatch", failure.message.clone())),
+                ),
+            };
+            let claim = RunCommand::Claim {
+                node: task.node.clone(),
+                attempt: task.attempt,
+                worker: worker.clone(),
+                lease_until,
+                checks: json!({
+                    "tool": pinned.name.as_str(),
+                    "version": pinned.version.as_str(),
+                    "authorization": authorization,
+                    "contract": contract_check,
+                    "input": input_record,
+                }),
+                now,
+            };
+            let mut run_events = run.decide(&task.run, &claim).map_err(Refusal::Run)?;
+            // What is already known of the call's outcome follows the claim.
+            let outcome = match (&refusal, &inline) {
+                (Some((code, message)), _) => Some(fail(code, message.clone())),
+                (None, Some(result)) => Some(outcome_command(task, result.clone())),
+                (None, None) => None,
+            };
+            if let Some(outcome) = outcome {
+                let mut claimed = run.clone();
+                for event in &run_events {
+                    claimed.evolve(event);
+                }
+                run_events.extend(claimed.decide(&task.run, &outcome).map_err(Refusal::Run)?);
+            }
+            let settled = refusal.is_some() || inline.is_some();
+            Ok(Joint {
+                first: contract_events,
+                second: run_events,
+                value: settled,
+            })
+        };
+        let outcome = self
+            .handler
+            .handle_together::<Contract, Run, _, _>(
+                (&task.run, &meta(&task.run, Contract::KIND)),
+                (&task.run, &meta(&task.run, Run::KIND)),
+                decide,
+            )
+            .await;
+        let settled = match outcome {
+            Ok(outcome) => {
+                self.feed.send(
+                    &task.run,
+                    outcome.second.stream_version,
+                    &outcome.second.events,
+                );
+                outcome.value
+            }
+            Err(CommandError::Rejected(Refusal::Run(rejection)))
+                if superseded(&CommandError::Rejected(rejection.clone())) =>
+            {
+                return Ok(());
+            }
+            Err(error) => return Err(anyhow::anyhow!("claiming a node: {error}")),
+        };
+        if settled {
             return Ok(());
-        }
-        if let Some((code, message)) = refusal {
-            return self.report(&task.run, fail(code, message)).await;
         }
 
         let stopped = self.running.register(&task.run, &task.node);
@@ -392,27 +455,79 @@ impl Worker {
         let command = match outcome {
             // The run ended while the call ran; nothing to report.
             None => return Ok(()),
-            Some(Ok(success)) => RunCommand::Succeed {
-                node: task.node.clone(),
-                attempt: task.attempt,
-                output: success.output,
-                now: now_ms(),
-            },
-            Some(Err(failure)) => RunCommand::Fail {
-                node: task.node.clone(),
-                attempt: task.attempt,
-                failure: NodeFailure {
-                    code: failure.code.as_str().to_owned(),
-                    message: if failure.stderr.is_empty() {
-                        failure.message
-                    } else {
-                        format!("{} (stderr: {})", failure.message, failure.stderr)
-                    },
-                    retryable: failure.retryable,
-                },
-                now: now_ms(),
-            },
+            Some(result) => outcome_command(task, result),
         };
         self.report(&task.run, command).await
+    }
+}
+
+/// Why a joint command on a run and its contract was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error(transparent)]
+    Contract(ContractRejection),
+    #[error(transparent)]
+    Run(RunRejection),
+}
+
+impl ErrorCode for Refusal {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Contract(r) => r.code(),
+            Self::Run(r) => r.code(),
+        }
+    }
+    fn class(&self) -> charter_domain::ErrorClass {
+        match self {
+            Self::Contract(r) => r.class(),
+            Self::Run(r) => r.class(),
+        }
+    }
+}
+
+/// The input of the node `task` is for, when the run still wants it run:
+/// scheduled at that attempt, or running at it under a lease that ran out.
+fn wants(run: &Run, task: &Task, now: i64) -> Option<Value> {
+    let state = run.0.as_deref()?;
+    if state.status.is_final() {
+        return None;
+    }
+    match state.nodes.get(&task.node) {
+        Some(NodeState::Scheduled { attempt, input, .. }) if *attempt == task.attempt => {
+            Some(input.clone())
+        }
+        Some(NodeState::Running {
+            attempt,
+            input,
+            lease_until,
+            ..
+        }) if *attempt == task.attempt && *lease_until <= now => Some(input.clone()),
+        _ => None,
+    }
+}
+
+/// The command that reports a call's outcome.
+fn outcome_command(task: &Task, result: Result<Success, Failure>) -> RunCommand {
+    match result {
+        Ok(success) => RunCommand::Succeed {
+            node: task.node.clone(),
+            attempt: task.attempt,
+            output: success.output,
+            now: now_ms(),
+        },
+        Err(failure) => RunCommand::Fail {
+            node: task.node.clone(),
+            attempt: task.attempt,
+            failure: NodeFailure {
+                code: failure.code.as_str().to_owned(),
+                message: if failure.stderr.is_empty() {
+                    failure.message
+                } else {
+                    format!("{} (stderr: {})", failure.message, failure.stderr)
+                },
+                retryable: failure.retryable,
+            },
+            now: now_ms(),
+        },
     }
 }

@@ -149,12 +149,14 @@ impl Gateway {
         )
         .await?;
         let id = run_id(&org, id)?;
+        // What a run is of never changes once it exists.
         let run = self
             .handler
-            .load::<Run>(&id)
-            .await?
-            .state
+            .load_unless::<Run>(&id, |run| run.0.is_some())
+            .await?;
+        let run = run
             .0
+            .as_ref()
             .ok_or_else(|| ApiError::not_found("workflow run", &id.id.to_string()))?;
         self.authorize(
             caller,
