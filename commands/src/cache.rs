@@ -9,6 +9,10 @@
 //! elsewhere (other processes) drop the entries they make stale
 //! ([`StateCache::saw`]).
 //!
+//! [`StreamLocks`] lets the writers of one process take turns on a stream,
+//! so that they never race each other to the same version (writers in
+//! other processes still can; the expected version settles those).
+//!
 //! The cache holds two generations of at most `capacity / 2` entries each:
 //! new entries go into the young one; when it is full, the old one is
 //! dropped and the young one takes its place, so what was used in the last
@@ -153,6 +157,61 @@ impl StateCache {
     }
 }
 
+/// One in-process lock per stream that someone is writing, made on demand
+/// and dropped when its last holder or waiter lets go.
+#[derive(Default)]
+pub struct StreamLocks {
+    locks: Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A turn on one stream; the next writer's turn starts when it is dropped.
+pub struct StreamTurn<'a> {
+    locks: &'a StreamLocks,
+    stream: StreamId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl StreamLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for this process's earlier writers of `stream` to finish
+    /// (first come, first served).
+    pub async fn turn(&self, stream: &StreamId) -> StreamTurn<'_> {
+        let lock = Arc::clone(self.map().entry(stream.clone()).or_default());
+        let guard = lock.lock_owned().await;
+        StreamTurn {
+            locks: self,
+            stream: stream.clone(),
+            guard: Some(guard),
+        }
+    }
+
+    /// How many streams have a writer now.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for StreamTurn<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map();
+        drop(self.guard.take());
+        // Nobody else holds or waits for the lock: forget it.
+        if map
+            .get(&self.stream)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            map.remove(&self.stream);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +253,30 @@ mod tests {
         }
         assert!(cache.get::<usize>("thing", &stream(1)).is_none());
         assert!(cache.get::<usize>("thing", &stream(999)).is_some());
+    }
+
+    #[tokio::test]
+    async fn writers_of_one_stream_take_turns() {
+        let locks = Arc::new(StreamLocks::default());
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (locks, inside) = (Arc::clone(&locks), Arc::clone(&inside));
+                tokio::spawn(async move {
+                    let _turn = locks.turn(&stream(1)).await;
+                    assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        let other = locks.turn(&stream(2)).await;
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(locks.len(), 1, "only the stream still held is known");
+        drop(other);
+        assert!(locks.is_empty());
     }
 
     #[test]

@@ -109,6 +109,14 @@ impl CommandHandler {
         meta_a.aggregate_type = A::KIND.to_owned();
         let mut meta_b = second.1.clone();
         meta_b.aggregate_type = B::KIND.to_owned();
+        // Turns on both streams, always taken in the same order.
+        let (low, high) = if stream_a <= stream_b {
+            (&stream_a, &stream_b)
+        } else {
+            (&stream_b, &stream_a)
+        };
+        let _first_turn = self.locks.turn(low).await;
+        let _second_turn = self.locks.turn(high).await;
         let (mut reload_a, mut reload_b) = (false, false);
         let mut attempt = 0;
         loop {
@@ -185,11 +193,12 @@ impl CommandHandler {
                         value: joint.value,
                     });
                 }
-                Err(error @ StoreError::WrongExpectedVersion { .. }) => {
-                    let StoreError::WrongExpectedVersion { stream, .. } = &error else {
-                        unreachable!()
-                    };
-                    let on_a = *stream == stream_a;
+                Err(StoreError::WrongExpectedVersion {
+                    stream,
+                    expected,
+                    actual,
+                }) => {
+                    let on_a = stream == stream_a;
                     let was_trusted = if on_a { a.trusted } else { b.trusted };
                     if on_a {
                         self.cache.forget(&stream_a);
@@ -202,7 +211,12 @@ impl CommandHandler {
                     // back off, then decide again from both streams.
                     if was_trusted {
                         if attempt >= self.max_attempts {
-                            return Err(error.into());
+                            return Err(StoreError::WrongExpectedVersion {
+                                stream,
+                                expected,
+                                actual,
+                            }
+                            .into());
                         }
                         metrics::counter!("charter_command_retries_total", "aggregate" => A::KIND)
                             .increment(1);

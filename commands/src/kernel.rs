@@ -3,6 +3,10 @@
 //! as the expected version, and on a conflict reload and decide again, a
 //! bounded number of times.
 //!
+//! Writers of one stream in one process take turns (an in-process lock per
+//! stream being written), so they never race each other; the expected
+//! version settles races with other processes.
+//!
 //! Loads are often skipped. The kernel keeps the states it loaded or wrote
 //! in a [`StateCache`], and a stream it knows nothing of is first taken to
 //! be new: a command that creates something is decided against the empty
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use charter_domain::{Aggregate, ErrorClass, ErrorCode};
 use chrono::Utc;
 
-use crate::cache::StateCache;
+use crate::cache::{StateCache, StreamLocks};
 use crate::store::Subscription;
 use crate::{
     CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, Snapshot, StoreError, StreamId,
@@ -101,18 +105,42 @@ pub struct Loaded<A> {
 pub struct CommandHandler {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) cache: Arc<StateCache>,
+    pub(crate) locks: Arc<StreamLocks>,
     snapshot_every: u64,
     pub(crate) max_attempts: u32,
 }
 
 /// Where one attempt at a command starts from.
-enum Start<A> {
+pub(crate) enum Start<A> {
     /// A state this kernel loaded or wrote earlier.
     Cached(Arc<A>, StreamVersion),
     /// The empty state: the stream is taken to be new.
     New,
+    /// A cached state at least at the version the store just reported (the
+    /// state a writer of this process that won a race left): every cached
+    /// state is the stream's true state at its version, and this one is as
+    /// recent as a load would be.
+    Known(Arc<A>, StreamVersion),
     /// A state loaded from the store just now.
     Store,
+}
+
+impl<A: Aggregate> Start<A> {
+    /// After losing a race to `actual`: the winner's state when this kernel
+    /// holds it (a writer of this process won), the store's otherwise.
+    pub(crate) fn after_conflict(
+        cache: &StateCache,
+        stream: &StreamId,
+        actual: StreamVersion,
+    ) -> Self {
+        match cache.get::<A>(A::KIND, stream) {
+            Some((state, version)) if version >= actual => Self::Known(state, version),
+            _ => {
+                cache.forget(stream);
+                Self::Store
+            }
+        }
+    }
 }
 
 impl CommandHandler {
@@ -120,6 +148,7 @@ impl CommandHandler {
         Self {
             store,
             cache: Arc::new(StateCache::new(DEFAULT_CACHED_STATES)),
+            locks: Arc::default(),
             snapshot_every: 100,
             max_attempts: 30,
         }
@@ -315,6 +344,9 @@ impl CommandHandler {
         {
             return self.replay_outcome::<A>(&stream, &meta, first).await;
         }
+        // This process's writers of the stream take turns; only writers
+        // elsewhere can race this one.
+        let _turn = self.locks.turn(&stream).await;
         let mut start = match self.cache.get::<A>(A::KIND, &stream) {
             Some((state, version)) => Start::Cached(state, version),
             None if expected.is_none_or(|v| v == StreamVersion(0)) => Start::New,
@@ -325,8 +357,8 @@ impl CommandHandler {
             let (state, version, trusted) = match std::mem::replace(&mut start, Start::Store) {
                 Start::Cached(state, version) => (state, version, false),
                 Start::New => (Arc::new(A::default()), StreamVersion(0), false),
+                Start::Known(state, version) => (state, version, true),
                 Start::Store => {
-                    attempt += 1;
                     let Loaded { state, version } = self.load_stream::<A>(&stream).await?;
                     (Arc::new(state), version, true)
                 }
@@ -397,15 +429,20 @@ impl CommandHandler {
                         duplicate: false,
                     });
                 }
-                // Decided from a state that was not the store's: load it.
-                Err(StoreError::WrongExpectedVersion { .. }) if !trusted => {
-                    self.cache.forget(&stream);
+                // Decided from a state that was not the store's: decide
+                // again from the one that is.
+                Err(StoreError::WrongExpectedVersion { actual, .. }) if !trusted => {
+                    start = Start::after_conflict(&self.cache, &stream, actual);
                 }
-                Err(StoreError::WrongExpectedVersion { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(attempt, "conflict; reloading and deciding again");
+                Err(StoreError::WrongExpectedVersion { actual, .. })
+                    if attempt + 1 < self.max_attempts =>
+                {
+                    attempt += 1;
+                    tracing::debug!(attempt, "conflict; deciding again");
                     metrics::counter!("charter_command_retries_total", "aggregate" => A::KIND)
                         .increment(1);
                     conflict_pause(attempt).await;
+                    start = Start::after_conflict(&self.cache, &stream, actual);
                 }
                 Err(error) => return Err(error.into()),
             }
