@@ -291,6 +291,9 @@ pub struct AppendOutcome {
     pub last_version: StreamVersion,
     pub first_position: Position,
     pub last_position: Position,
+    /// When the events were recorded (every event of one append carries
+    /// the same time).
+    pub recorded_at: DateTime<Utc>,
     /// True when the command id had already been appended and nothing new
     /// was written.
     pub duplicate: bool,

@@ -42,6 +42,8 @@ pub struct Share<E> {
     pub stream_version: StreamVersion,
     /// The global position of its last event, when it appended any.
     pub position: Option<Position>,
+    /// When its events were recorded, when it appended any.
+    pub recorded_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a joint command did.
@@ -254,6 +256,7 @@ impl CommandHandler {
                     events,
                     stream_version: outcome.last_version,
                     position: Some(outcome.last_position),
+                    recorded_at: Some(outcome.recorded_at),
                 }
             }
             None => {
@@ -263,6 +266,7 @@ impl CommandHandler {
                     events,
                     stream_version: side.version,
                     position: None,
+                    recorded_at: None,
                 }
             }
         }

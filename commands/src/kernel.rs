@@ -71,6 +71,8 @@ pub struct CommandOutcome<E> {
     /// The global position of the last appended event; readers that reach
     /// it see the command's effect.
     pub position: Option<Position>,
+    /// When its events were recorded, when it appended any.
+    pub recorded_at: Option<chrono::DateTime<Utc>>,
     /// True when this command id had already been handled.
     pub duplicate: bool,
 }
@@ -387,6 +389,7 @@ impl CommandHandler {
                         events,
                         stream_version: version,
                         position: None,
+                        recorded_at: None,
                         duplicate: false,
                     });
                 }
@@ -426,6 +429,7 @@ impl CommandHandler {
                         events,
                         stream_version: outcome.last_version,
                         position: Some(outcome.last_position),
+                        recorded_at: Some(outcome.recorded_at),
                         duplicate: false,
                     });
                 }
@@ -477,6 +481,7 @@ impl CommandHandler {
             events,
             stream_version: first.last_version,
             position: Some(first.last_position),
+            recorded_at: Some(first.recorded_at),
             duplicate: true,
         })
     }

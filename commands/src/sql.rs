@@ -68,6 +68,7 @@ pub(crate) fn earlier_outcome(
     first_position: i64,
     first_version: i64,
     count: i64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<AppendOutcome, StoreError> {
     let (position, version) = (to_u64(first_position), to_u64(first_version));
     let count = to_u64(count).max(1);
@@ -77,6 +78,7 @@ pub(crate) fn earlier_outcome(
         last_version: StreamVersion(version + count - 1),
         first_position: Position(position),
         last_position: Position(position + count - 1),
+        recorded_at,
         duplicate: true,
     })
 }

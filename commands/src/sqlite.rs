@@ -120,7 +120,8 @@ impl SqliteStore {
             "SELECT f.stream_id, f.position, f.version,
                     (SELECT count(*) FROM events e
                       WHERE e.stream_id = f.stream_id AND e.version >= f.version
-                        AND e.command_id = f.command_id)
+                        AND e.command_id = f.command_id),
+                    f.recorded_at
              FROM events f WHERE f.command_id = ?1 AND f.command_seq = 0",
         )
         .bind(command_id.to_string())
@@ -134,6 +135,7 @@ impl SqliteStore {
             get(1)?,
             get(2)?,
             get(3)?,
+            row.try_get(4).map_err(StoreError::from_sqlx)?,
         )
         .map(Some)
     }
@@ -255,6 +257,7 @@ impl SqliteStore {
                 last_version: StreamVersion(current.0 + part.events.len() as u64),
                 first_position: Position(first_position.unwrap_or(last_position)),
                 last_position: Position(last_position),
+                recorded_at,
                 duplicate: false,
             });
         }

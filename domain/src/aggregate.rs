@@ -49,6 +49,12 @@ pub trait Aggregate:
     /// Folds one event into the state. Must accept every event `decide` emits.
     fn evolve(&mut self, event: &Self::Event);
 
+    /// Whether the instance exists (a deleted or never created one does
+    /// not): its state serializes to something other than `null`.
+    fn exists(&self) -> bool {
+        serde_json::to_value(self).is_ok_and(|v| !v.is_null())
+    }
+
     /// Replays a history from the initial state.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
         let mut state = Self::default();

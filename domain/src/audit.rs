@@ -120,6 +120,10 @@ impl Aggregate for AuditRecord {
         }
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &AuditEvent) {
         match event {
             AuditEvent::AccessDenied(denial) => self.0 = Some(denial.clone()),

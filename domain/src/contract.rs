@@ -287,6 +287,10 @@ impl Aggregate for Contract {
         }
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &ContractEvent) {
         match event {
             ContractEvent::Issued { id, terms } => {

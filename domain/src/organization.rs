@@ -519,6 +519,10 @@ impl Aggregate for Organization {
         Ok(events)
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &OrgEvent) {
         if let OrgEvent::Registered {
             name,

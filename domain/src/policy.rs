@@ -248,6 +248,10 @@ impl Aggregate for Policy {
         }
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &PolicyEvent) {
         match event {
             PolicyEvent::Published {

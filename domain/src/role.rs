@@ -386,6 +386,10 @@ impl Aggregate for Role {
         }
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &RoleEvent) {
         match event {
             RoleEvent::Defined { org, name, spec } => {
@@ -548,6 +552,10 @@ impl Aggregate for RoleBinding {
             (BindingCommand::Unbind, None) => Err(BindingRejection::NotFound),
             (BindingCommand::Unbind, Some(_)) => Ok(vec![BindingEvent::Unbound {}]),
         }
+    }
+
+    fn exists(&self) -> bool {
+        self.0.is_some()
     }
 
     fn evolve(&mut self, event: &BindingEvent) {

@@ -1071,6 +1071,10 @@ impl Aggregate for Run {
         Ok(events)
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &RunEvent) {
         if let RunEvent::Started {
             id,

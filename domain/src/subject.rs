@@ -290,6 +290,10 @@ impl Aggregate for Subject {
         Ok(events)
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &SubjectEvent) {
         if let SubjectEvent::Created {
             org,

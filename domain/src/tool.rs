@@ -803,6 +803,10 @@ impl Aggregate for Tool {
         }
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &ToolEvent) {
         match event {
             ToolEvent::VersionRegistered {

@@ -841,6 +841,10 @@ impl Aggregate for Workflow {
         }])
     }
 
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn evolve(&mut self, event: &WorkflowEvent) {
         let WorkflowEvent::VersionRegistered {
             org,

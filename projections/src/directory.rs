@@ -70,39 +70,61 @@ impl<A: Aggregate> Fold<A> {
         event: &RecordedEvent,
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
-        let domain_event: A::Event = event.to_domain()?;
-        let key = key_of::<A>(event)
-            .ok_or_else(|| failed(projection, event, "stream of another aggregate"))?;
-        let current = docs.get(collection, &key).await?;
-        let (mut state, created_at) = match current {
+        Self::apply_many(projection, collection, &[event], docs).await
+    }
+
+    /// Folds events of one document (in order) into it, reading and
+    /// writing the document once: the same document as folding them one
+    /// by one.
+    async fn apply_many(
+        projection: &str,
+        collection: &str,
+        events: &[&RecordedEvent],
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        let key = key_of::<A>(first)
+            .ok_or_else(|| failed(projection, first, "stream of another aggregate"))?;
+        let (mut state, mut created_at) = match docs.take(collection, &key).await? {
             Some(mut doc) => (
                 serde_json::from_value::<A>(
                     doc.get_mut("state").map(Value::take).unwrap_or(Value::Null),
                 )
-                .map_err(|e| failed(projection, event, e))?,
+                .map_err(|e| failed(projection, first, e))?,
                 doc.get_mut("created_at")
                     .map(Value::take)
                     .unwrap_or(Value::Null),
             ),
-            None => (A::default(), json!(event.recorded_at)),
+            None => (A::default(), Value::Null),
         };
-        state.evolve(&domain_event);
-        let state = serde_json::to_value(&state).map_err(|e| failed(projection, event, e))?;
-        if state.is_null() {
-            docs.delete(collection, &key);
-        } else {
-            docs.put(
-                collection,
-                &key,
-                &event.org,
-                json!({
-                    "state": state,
-                    "version": event.version.0,
-                    "created_at": created_at,
-                    "updated_at": event.recorded_at,
-                }),
-            );
+        for event in events {
+            // A document made anew (first, or after a delete) is created
+            // by the event that makes it.
+            if !state.exists() {
+                created_at = json!(event.recorded_at);
+            }
+            let domain_event: A::Event = event.to_domain()?;
+            state.evolve(&domain_event);
         }
+        docs.at(last.position);
+        if !state.exists() {
+            docs.delete(collection, &key);
+            return Ok(());
+        }
+        let state = serde_json::to_value(&state).map_err(|e| failed(projection, last, e))?;
+        docs.put(
+            collection,
+            &key,
+            &last.org,
+            json!({
+                "state": state,
+                "version": last.version.0,
+                "created_at": created_at,
+                "updated_at": last.recorded_at,
+            }),
+        );
         Ok(())
     }
 }
@@ -137,17 +159,54 @@ impl Projector for DirectoryProjector {
         event: &RecordedEvent,
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
-        match event.aggregate_type.as_str() {
-            Subject::KIND => Fold::<Subject>::apply(DIRECTORY, SUBJECTS, event, docs).await,
-            Role::KIND => Fold::<Role>::apply(DIRECTORY, ROLES, event, docs).await,
-            RoleBinding::KIND => Fold::<RoleBinding>::apply(DIRECTORY, BINDINGS, event, docs).await,
-            Policy::KIND => Fold::<Policy>::apply(DIRECTORY, POLICIES, event, docs).await,
-            Tool::KIND => Fold::<Tool>::apply(DIRECTORY, TOOLS, event, docs).await,
-            Workflow::KIND => Fold::<Workflow>::apply(DIRECTORY, WORKFLOWS, event, docs).await,
-            Run::KIND => Fold::<Run>::apply(DIRECTORY, RUNS, event, docs).await,
-            Contract::KIND => Fold::<Contract>::apply(DIRECTORY, CONTRACTS, event, docs).await,
-            _ => Ok(()),
+        self.apply_all(&[event], docs).await
+    }
+
+    /// Events of one document are folded together, each document read
+    /// and written once per batch.
+    async fn apply_all(
+        &self,
+        events: &[&RecordedEvent],
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_stream: std::collections::HashMap<&str, Vec<&RecordedEvent>> =
+            std::collections::HashMap::new();
+        for event in events {
+            let stream = event.stream_id.as_str();
+            by_stream
+                .entry(stream)
+                .or_insert_with(|| {
+                    order.push(stream);
+                    Vec::new()
+                })
+                .push(event);
         }
+        for stream in order {
+            let group = &by_stream[stream];
+            match group[0].aggregate_type.as_str() {
+                Subject::KIND => {
+                    Fold::<Subject>::apply_many(DIRECTORY, SUBJECTS, group, docs).await?
+                }
+                Role::KIND => Fold::<Role>::apply_many(DIRECTORY, ROLES, group, docs).await?,
+                RoleBinding::KIND => {
+                    Fold::<RoleBinding>::apply_many(DIRECTORY, BINDINGS, group, docs).await?
+                }
+                Policy::KIND => {
+                    Fold::<Policy>::apply_many(DIRECTORY, POLICIES, group, docs).await?
+                }
+                Tool::KIND => Fold::<Tool>::apply_many(DIRECTORY, TOOLS, group, docs).await?,
+                Workflow::KIND => {
+                    Fold::<Workflow>::apply_many(DIRECTORY, WORKFLOWS, group, docs).await?
+                }
+                Run::KIND => Fold::<Run>::apply_many(DIRECTORY, RUNS, group, docs).await?,
+                Contract::KIND => {
+                    Fold::<Contract>::apply_many(DIRECTORY, CONTRACTS, group, docs).await?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn reads(&self, event: &RecordedEvent) -> Vec<(&'static str, String)> {

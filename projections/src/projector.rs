@@ -1,7 +1,7 @@
 //! What a projector is: a named fold of events into documents.
 
 use async_trait::async_trait;
-use charter_commands::RecordedEvent;
+use charter_commands::{Position, RecordedEvent};
 use charter_domain::OrgName;
 use serde_json::Value;
 
@@ -13,6 +13,17 @@ use crate::ProjectionError;
 pub trait Documents: Send {
     /// The current document, including writes staged earlier in the batch.
     async fn get(&mut self, collection: &str, key: &str) -> Result<Option<Value>, ProjectionError>;
+    /// The current document, for a caller that will put or delete it
+    /// next (it need not be copied).
+    async fn take(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Value>, ProjectionError> {
+        self.get(collection, key).await
+    }
+    /// The position of the event the following writes come from.
+    fn at(&mut self, position: Position);
     /// Creates or replaces a document. `org` scopes every query of it.
     fn put(&mut self, collection: &str, key: &str, org: &OrgName, doc: Value);
     fn delete(&mut self, collection: &str, key: &str);
@@ -34,6 +45,21 @@ pub trait Projector: Send + Sync + 'static {
         event: &RecordedEvent,
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError>;
+
+    /// Applies the events of one batch that the projector wants, in order.
+    /// A projector may fold several events of one document at once, as
+    /// long as the documents come out as `apply` would make them.
+    async fn apply_all(
+        &self,
+        events: &[&RecordedEvent],
+        docs: &mut dyn Documents,
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            docs.at(event.position);
+            self.apply(event, docs).await?;
+        }
+        Ok(())
+    }
 
     /// The documents `apply` will read for this event, as `(collection,
     /// key)`: the backend fetches those of a whole batch in one query

@@ -204,12 +204,9 @@ impl ReadModels for SqliteReadModels {
                 .flat_map(|e| projector.reads(e))
                 .collect();
             staged.prefetch(reads).await?;
-            for event in fresh {
-                staged.position = event.position;
-                if projector.wants(event) {
-                    projector.apply(event, &mut staged).await?;
-                }
-            }
+            let wanted: Vec<&RecordedEvent> =
+                fresh.into_iter().filter(|e| projector.wants(e)).collect();
+            projector.apply_all(&wanted, &mut staged).await?;
             staged.changes
         };
         for ((collection, key), change) in changes {

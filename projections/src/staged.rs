@@ -104,6 +104,29 @@ impl Documents for StagedDocuments<'_> {
         }
     }
 
+    async fn take(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Value>, ProjectionError> {
+        let id = (collection.to_owned(), key.to_owned());
+        match self.changes.remove(&id) {
+            Some(Change::Put { doc, .. }) => Ok(Some(doc)),
+            Some(Change::Delete) => {
+                self.changes.insert(id, Change::Delete);
+                Ok(None)
+            }
+            None => match self.prefetched.get_mut(&id) {
+                Some(doc) => Ok(doc.take()),
+                None => self.loader.load(collection, key).await,
+            },
+        }
+    }
+
+    fn at(&mut self, position: Position) {
+        self.position = position;
+    }
+
     fn put(&mut self, collection: &str, key: &str, org: &OrgName, doc: Value) {
         self.changes.insert(
             (collection.to_owned(), key.to_owned()),

@@ -499,6 +499,97 @@ async fn access_index_follows_grants_and_policies(backend: Backend) {
     task.await.unwrap();
 }
 
+/// The directory folds a batch's events of one document together: the
+/// documents come out the same whatever the batches were, deletes and
+/// re-creations included.
+async fn directory_documents_do_not_depend_on_batches(backend: Backend) {
+    use charter_domain::Scoped;
+    use charter_domain::ids::{RoleName, SubjectName};
+    use charter_domain::role::{Role, RoleCommand, RoleSpec};
+    use charter_domain::subject::{Subject, SubjectCommand, SubjectKind};
+    use charter_projections::directory::{DIRECTORY, DirectoryProjector, ROLES, SUBJECTS};
+
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let acme = org("acme");
+    let m = |kind: &str| CommandMeta::new(kind, acme.clone(), Actor::parse("user:root").unwrap());
+    let mut last = Position::START;
+    for round in 0..3 {
+        for n in 0..4 {
+            let role = Scoped::new(acme.clone(), RoleName::parse(format!("role{n}")).unwrap());
+            let subject = Scoped::new(acme.clone(), SubjectName::parse(format!("sub{n}")).unwrap());
+            let define = RoleCommand::Define {
+                spec: RoleSpec {
+                    description: format!("round {round}"),
+                    ..RoleSpec::default()
+                },
+            };
+            last = kernel
+                .handle::<Role>(&role, &define, &m(Role::KIND))
+                .await
+                .unwrap()
+                .position
+                .unwrap_or(last);
+            if n % 2 == 0 && round < 2 {
+                // Deleted, then made again in the next round.
+                last = kernel
+                    .handle::<Role>(&role, &RoleCommand::Delete, &m(Role::KIND))
+                    .await
+                    .unwrap()
+                    .position
+                    .unwrap_or(last);
+            }
+            let command = if round == 0 {
+                SubjectCommand::Create {
+                    kind: SubjectKind::Agent,
+                    display_name: DisplayName::parse(format!("Sub {n}")).unwrap(),
+                }
+            } else {
+                SubjectCommand::SetDisplayName {
+                    display_name: DisplayName::parse(format!("Sub {n} r{round}")).unwrap(),
+                }
+            };
+            last = kernel
+                .handle::<Subject>(&subject, &command, &m(Subject::KIND))
+                .await
+                .unwrap()
+                .position
+                .unwrap_or(last);
+        }
+    }
+    wait_for_position(&*backend.store, last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let documents = |batch: usize| {
+        let backend = &backend;
+        async move {
+            rebuild(
+                &*backend.store,
+                &*backend.models,
+                &DirectoryProjector,
+                batch,
+            )
+            .await
+            .unwrap();
+            let mut all = Vec::new();
+            for collection in [ROLES, SUBJECTS] {
+                all.extend(
+                    backend
+                        .models
+                        .list(DIRECTORY, collection, None, None, 1000)
+                        .await
+                        .unwrap(),
+                );
+            }
+            all
+        }
+    };
+    let one_by_one = documents(1).await;
+    let all_at_once = documents(10_000).await;
+    assert_eq!(one_by_one.len(), 4 + 4, "four subjects, four roles");
+    assert_eq!(one_by_one, all_at_once);
+    assert_eq!(documents(3).await, one_by_one);
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -525,4 +616,5 @@ on_both!(
     batches_apply_exactly_once,
     rebuild_switches_while_serving,
     access_index_follows_grants_and_policies,
+    directory_documents_do_not_depend_on_batches,
 );

@@ -79,7 +79,7 @@ WITH p AS (
 )
 SELECT p.part, p.actual, p.dup, count(ins.position),
        COALESCE(min(ins.position), 0), COALESCE(max(ins.position), 0),
-       COALESCE(min(ins.version), 0), COALESCE(max(ins.version), 0)
+       COALESCE(min(ins.version), 0), COALESCE(max(ins.version), 0), now()
   FROM p LEFT JOIN ins ON ins.stream_id = p.stream_id
  GROUP BY p.part, p.actual, p.dup
  ORDER BY p.part";
@@ -126,6 +126,8 @@ struct PartRow {
     last_position: u64,
     first_version: u64,
     last_version: u64,
+    /// The transaction's time: every event's `recorded_at`.
+    recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
 fn part_row(row: &PgRow) -> Result<PartRow, StoreError> {
@@ -138,6 +140,7 @@ fn part_row(row: &PgRow) -> Result<PartRow, StoreError> {
         last_position: to_u64(get(5)?),
         first_version: to_u64(get(6)?),
         last_version: to_u64(get(7)?),
+        recorded_at: row.try_get(8).map_err(StoreError::from_sqlx)?,
     })
 }
 
@@ -228,7 +231,8 @@ pub(crate) async fn find_command(
         "SELECT f.stream_id, f.position, f.version,
                 (SELECT count(*) FROM events e
                   WHERE e.stream_id = f.stream_id AND e.version >= f.version
-                    AND e.version < f.version + $2 AND e.command_id = f.command_id)
+                    AND e.version < f.version + $2 AND e.command_id = f.command_id),
+                f.recorded_at
          FROM events f WHERE f.command_id = $1 AND f.command_seq = 0",
     )
     .bind(command_id.as_uuid())
@@ -243,6 +247,7 @@ pub(crate) async fn find_command(
         get(1)?,
         get(2)?,
         get(3)?,
+        row.try_get(4).map_err(StoreError::from_sqlx)?,
     )
     .map(Some)
 }
@@ -271,6 +276,7 @@ fn verdict(parts: &[Part], rows: &[PartRow]) -> Verdict {
                     last_version: StreamVersion(row.last_version),
                     first_position: Position(row.first_position),
                     last_position: Position(row.last_position),
+                    recorded_at: row.recorded_at,
                     duplicate: false,
                 })
                 .collect(),

@@ -180,10 +180,10 @@ impl Application {
             }
             None => Arc::new(crate::engine::queue::InProcessQueue::default()),
         };
-        let signals = Arc::new(crate::engine::RunSignals::default());
-        let (feed, feed_receiver) = crate::engine::RunFeed::new();
+        let traces = Arc::new(crate::engine::RunTraces::default());
+        let (feed, feed_receiver) = crate::engine::RunFeed::new(Arc::clone(&traces));
         let engine = Arc::new(crate::engine::Engine {
-            signals: Arc::clone(&signals),
+            traces: Arc::clone(&traces),
             feed: feed.clone(),
             feed_receiver: std::sync::Mutex::new(Some(feed_receiver)),
             handler: handler.clone(),
@@ -197,7 +197,7 @@ impl Application {
         });
         let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());
         let gateway = Arc::new(Gateway {
-            run_signals: signals,
+            run_traces: traces,
             run_feed: feed,
             handler,
             read_models: Arc::clone(&self.read_models),

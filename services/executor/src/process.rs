@@ -172,6 +172,13 @@ pub(crate) async fn run(
         () = tokio::time::sleep(limits.timeout.as_duration()) => End::TimedOut,
         Some(pipe) = flood_rx.recv() => End::Flooded(pipe),
     };
+    // A tool that floods its output dies of the pipe closed on it, and both
+    // may be seen at once: the flood, signalled before the pipe closed, is
+    // the cause.
+    let end = match (end, flood_rx.try_recv()) {
+        (End::Exited(_), Ok(pipe)) => End::Flooded(pipe),
+        (end, _) => end,
+    };
     // Whatever the tool left running goes now; its pipes close with it.
     group.kill();
     let _ = child.kill().await;

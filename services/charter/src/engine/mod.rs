@@ -13,6 +13,7 @@
 
 pub mod queue;
 pub mod start;
+pub mod traces;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,60 +27,16 @@ use charter_domain::contract::{Contract, ContractCommand};
 use charter_domain::run::{
     Due, NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus,
 };
-use charter_domain::{Actor, Aggregate};
+use charter_domain::{Actor, Aggregate, DomainEvent};
 use charter_executor::Executor;
 use charter_projections::access::AccessIndex;
 
 use queue::{Task, TaskQueue};
+pub use traces::RunTraces;
+
+use crate::gateway::views::TraceEventView;
 use start::now_ms;
 use worker::{Running, Worker};
-
-/// Per-run notices of new events, fed by the driver, so that whoever
-/// follows one run's trace wakes for that run only.
-#[derive(Default)]
-pub struct RunSignals {
-    senders: std::sync::Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
-}
-
-impl RunSignals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, tokio::sync::watch::Sender<u64>>> {
-        self.senders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The run's stream reached `version`.
-    fn notify(&self, run: &RunId, version: u64) {
-        let mut senders = self.lock();
-        match senders.get(run) {
-            Some(sender) => {
-                sender.send_replace(version);
-            }
-            None => {
-                senders.insert(run.clone(), tokio::sync::watch::channel(version).0);
-            }
-        }
-    }
-
-    /// The run ended: nobody needs to be woken for it any more.
-    fn forget(&self, run: &RunId) {
-        self.lock().remove(run);
-    }
-
-    /// A receiver that changes when the run records something new.
-    pub fn subscribe(&self, run: &RunId) -> tokio::sync::watch::Receiver<u64> {
-        let mut senders = self.lock();
-        // Followers of runs that ended before they asked leave entries
-        // behind; drop those nobody listens to any more.
-        if senders.len() > 10_000 {
-            senders.retain(|_, sender| sender.receiver_count() > 0);
-        }
-        senders
-            .entry(run.clone())
-            .or_insert_with(|| tokio::sync::watch::channel(0).0)
-            .subscribe()
-    }
-}
 
 /// This process's own run appends, handed to its driver at once instead
 /// of after the trip through the log tail (which waits for every older
@@ -87,33 +44,77 @@ impl RunSignals {
 /// folds each stream version once, whichever way it came first. Appends
 /// of other processes arrive by the tail alone.
 #[derive(Clone)]
-pub struct RunFeed(tokio::sync::mpsc::UnboundedSender<(RunId, u64, RunEvent)>);
+pub struct RunFeed {
+    driver: tokio::sync::mpsc::UnboundedSender<Fed>,
+    /// Recorded at once, so that a follower asking right after the append
+    /// that started a run finds its trace.
+    traces: Arc<RunTraces>,
+}
+
+/// One run event as appended by this process, with what the store gave it.
+pub struct Fed {
+    pub run: RunId,
+    pub version: u64,
+    pub position: u64,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub actor: Actor,
+    pub event: RunEvent,
+}
+
+impl Fed {
+    /// The event as its trace shows it (the same as read from the store).
+    fn view(&self) -> TraceEventView {
+        let data = charter_domain::EventParts::from_event(&self.event)
+            .map(|parts| parts.payload)
+            .unwrap_or(serde_json::Value::Null);
+        TraceEventView::new(
+            self.version,
+            self.position,
+            self.event.event_type(),
+            self.recorded_at,
+            self.actor.as_str(),
+            data,
+        )
+    }
+}
 
 /// What the driver reads the feed from.
-pub type RunFeedReceiver = tokio::sync::mpsc::UnboundedReceiver<(RunId, u64, RunEvent)>;
+pub type RunFeedReceiver = tokio::sync::mpsc::UnboundedReceiver<Fed>;
 
 impl RunFeed {
-    pub fn new() -> (Self, RunFeedReceiver) {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        (Self(sender), receiver)
+    pub fn new(traces: Arc<RunTraces>) -> (Self, RunFeedReceiver) {
+        let (driver, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Self { driver, traces }, receiver)
     }
 
-    /// Hands events a run's stream reached `last_version` with to the
-    /// driver (the last of them at that version).
+    /// Hands the events one append of a run's stream recorded to the
+    /// driver: their last version and position, when and by whom.
     pub fn send(
         &self,
         id: &RunId,
-        last_version: charter_commands::StreamVersion,
-        events: &[RunEvent],
+        share: &charter_commands::joint::Share<RunEvent>,
+        actor: &Actor,
     ) {
-        if events.is_empty() {
+        let (Some(last_position), Some(recorded_at)) = (share.position, share.recorded_at) else {
+            return;
+        };
+        let count = share.events.len() as u64;
+        if count == 0 {
             return;
         }
-        let first = last_version.0 + 1 - events.len() as u64;
-        for (offset, event) in events.iter().enumerate() {
-            let _ = self
-                .0
-                .send((id.clone(), first + offset as u64, event.clone()));
+        let first_version = share.stream_version.0 + 1 - count;
+        let first_position = last_position.0 + 1 - count;
+        for (offset, event) in share.events.iter().enumerate() {
+            let fed = Fed {
+                run: id.clone(),
+                version: first_version + offset as u64,
+                position: first_position + offset as u64,
+                recorded_at,
+                actor: actor.clone(),
+                event: event.clone(),
+            };
+            self.traces.record(id, fed.view());
+            let _ = self.driver.send(fed);
         }
     }
 
@@ -130,14 +131,24 @@ impl RunFeed {
     > {
         let outcome = handler.handle::<Run>(id, command, meta).await?;
         if !outcome.duplicate {
-            self.send(id, outcome.stream_version, &outcome.events);
+            self.send(
+                id,
+                &charter_commands::joint::Share {
+                    stream_id: outcome.stream_id.clone(),
+                    events: outcome.events.clone(),
+                    stream_version: outcome.stream_version,
+                    position: outcome.position,
+                    recorded_at: outcome.recorded_at,
+                },
+                &meta.actor,
+            );
         }
         Ok(outcome)
     }
 }
 
 pub struct Engine {
-    pub signals: Arc<RunSignals>,
+    pub traces: Arc<RunTraces>,
     pub feed: RunFeed,
     /// Taken by the driver when it starts.
     pub feed_receiver: std::sync::Mutex<Option<RunFeedReceiver>>,
@@ -301,7 +312,7 @@ impl Engine {
                             metrics::histogram!("charter_engine_event_delay_seconds")
                                 .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
                             if driver.fold(&id, event.version.0, &domain) {
-                                self.signals.notify(&id, event.version.0);
+                                self.traces.record(&id, TraceEventView::from_recorded(event));
                                 touched.insert(id);
                             }
                         }
@@ -309,18 +320,17 @@ impl Engine {
                             self.act(&mut driver, &id).await;
                         }
                     }
-                    Some((id, version, event)) = async {
+                    Some(fed) = async {
                         match feed.as_mut() {
                             Some(feed) => feed.recv().await,
                             None => std::future::pending().await,
                         }
                     } => {
                         let mut touched = HashSet::new();
-                        let mut next = Some((id, version, event));
-                        while let Some((id, version, event)) = next {
-                            if driver.fold(&id, version, &event) {
-                                self.signals.notify(&id, version);
-                                touched.insert(id);
+                        let mut next = Some(fed);
+                        while let Some(fed) = next {
+                            if driver.fold(&fed.run, fed.version, &fed.event) {
+                                touched.insert(fed.run);
                             }
                             next = feed.as_mut().and_then(|f| f.try_recv().ok());
                         }
@@ -362,7 +372,7 @@ impl Engine {
         };
         if state.status.is_final() {
             self.running.cancel_run(id);
-            self.signals.forget(id);
+            self.traces.ended(id);
             driver.queued.retain(|task| task.run != *id);
             if let Some(Run(Some(state))) = driver.runs.remove(id) {
                 self.finish(&state).await;

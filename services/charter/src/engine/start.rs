@@ -195,11 +195,7 @@ pub async fn start_run(
             },
         )
         .await?;
-    feed.send(
-        &request.run,
-        outcome.second.stream_version,
-        &outcome.second.events,
-    );
+    feed.send(&request.run, &outcome.second, &request.by);
     Ok(Started {
         run: request.run,
         position: outcome.second.position,

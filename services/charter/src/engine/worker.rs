@@ -428,11 +428,7 @@ impl Worker {
             .await;
         let settled = match outcome {
             Ok(outcome) => {
-                self.feed.send(
-                    &task.run,
-                    outcome.second.stream_version,
-                    &outcome.second.events,
-                );
+                self.feed.send(&task.run, &outcome.second, &Actor::system());
                 outcome.value
             }
             Err(CommandError::Rejected(Refusal::Run(rejection)))

@@ -261,8 +261,9 @@ impl OrgTree for Tree<'_> {
 
 /// The gateway's shared parts.
 pub struct Gateway {
-    /// Wakes followers of one run's trace when that run records an event.
-    pub run_signals: Arc<crate::engine::RunSignals>,
+    /// Runs' traces as this process has seen them; they wake followers of
+    /// one run when that run records an event.
+    pub run_traces: Arc<crate::engine::RunTraces>,
     /// Hands the run commands it handles to this process's run driver.
     pub run_feed: crate::engine::RunFeed,
     pub handler: CommandHandler,

@@ -263,7 +263,7 @@ impl Gateway {
         wait: std::time::Duration,
     ) -> Result<Vec<TraceEventView>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(std::time::Duration::from_secs(30));
-        let mut signal = self.run_signals.subscribe(run);
+        let mut signal = self.run_traces.subscribe(run);
         loop {
             signal.mark_unchanged();
             let events = self.trace_after(run, after, limit).await?;
@@ -284,11 +284,15 @@ impl Gateway {
         after: u64,
         limit: usize,
     ) -> Result<Vec<TraceEventView>, ApiError> {
+        let limit = limit.clamp(1, 1000);
+        if let Some(events) = self.run_traces.after(run, after, limit) {
+            return Ok(events);
+        }
         let stream = StreamId::for_aggregate::<Run>(run)?;
         let events = match self
             .handler
             .store()
-            .read_stream(&stream, StreamVersion(after), limit.clamp(1, 1000))
+            .read_stream(&stream, StreamVersion(after), limit)
             .await
         {
             Ok(events) => events,

@@ -687,18 +687,32 @@ pub struct TraceEventView {
 }
 
 impl TraceEventView {
-    pub fn from_recorded(event: &charter_commands::RecordedEvent) -> Self {
+    pub fn new(
+        version: u64,
+        position: u64,
+        event_type: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        actor: &str,
+        data: Value,
+    ) -> Self {
         Self {
-            version: event.version.0,
-            position: event.position.0,
-            event_type: event.event_type.clone(),
-            at: event
-                .recorded_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            actor: event.actor.to_string(),
-            data: async_graphql::Json(
-                serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
-            ),
+            version,
+            position,
+            event_type: event_type.to_owned(),
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            actor: actor.to_owned(),
+            data: async_graphql::Json(data),
         }
+    }
+
+    pub fn from_recorded(event: &charter_commands::RecordedEvent) -> Self {
+        Self::new(
+            event.version.0,
+            event.position.0,
+            &event.event_type,
+            event.recorded_at,
+            event.actor.as_str(),
+            serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
+        )
     }
 }
