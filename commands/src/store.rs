@@ -64,6 +64,9 @@ pub struct StoreOptions {
     /// absent). `None` uses the connection's default search path.
     pub schema: Option<String>,
     pub max_connections: u32,
+    /// PostgreSQL only: how many groups of appends may be on their way at
+    /// once, each on a connection of its own.
+    pub append_lanes: u32,
     pub upcasters: Arc<Upcasters>,
     /// The longest a live subscription waits before looking again when no
     /// commit was announced (commits by other processes that could not be
@@ -77,6 +80,7 @@ impl Default for StoreOptions {
             limits: StoreLimits::default(),
             schema: None,
             max_connections: 16,
+            append_lanes: 1,
             upcasters: Arc::new(charter_domain::upcast::domain_upcasters()),
             poll_interval: Duration::from_millis(250),
         }

@@ -206,3 +206,40 @@ async fn concurrent_appends_share_transactions() {
         transactions.len()
     );
 }
+
+/// Several groups of appends on their way at once (more lanes): the same
+/// guarantees.
+mod lanes {
+    use super::*;
+
+    async fn harness() -> PgHarness {
+        let schema = PgSchema::with_lanes(8, 3).await;
+        schema.store.check_ready().await.unwrap();
+        PgHarness(schema)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_stay_independent() {
+        conformance::concurrent_appends_stay_independent(&harness().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_writers_one_wins() {
+        conformance::racing_writers_one_wins(&harness().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_lost_update() {
+        conformance::no_lost_update(&harness().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn joint_commands_change_both_or_neither() {
+        conformance::joint_commands_change_both_or_neither(&harness().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn readers_follow_commit_order() {
+        conformance::readers_follow_commit_order(&harness().await).await;
+    }
+}

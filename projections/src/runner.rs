@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use charter_commands::store::Subscription;
-use charter_commands::{EventStore, Position};
+use charter_commands::{EventStore, Position, RecordedEvent};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -79,21 +79,48 @@ impl ProjectionRunner {
         self.visible.send_replace(position);
         let mut subscription = Subscription::new(Arc::clone(&self.store), position, self.batch);
         let mut began = tokio::time::Instant::now();
+        // Events the projector ignores only move its checkpoint; those moves
+        // are written at most every `SKIPPED_CHECKPOINT` (and when the log
+        // goes quiet), not once per batch. In this process, readers see the
+        // position at once (`visible`).
+        let mut skipped: Option<RecordedEvent> = None;
+        let mut skipped_since = tokio::time::Instant::now();
         loop {
-            let events = subscription.next_batch().await?;
+            let mut events = match skipped {
+                None => subscription.next_batch().await?,
+                Some(_) => tokio::select! {
+                    events = subscription.next_batch() => events?,
+                    () = tokio::time::sleep_until(skipped_since + SKIPPED_CHECKPOINT) => Vec::new(),
+                },
+            };
             // Under a steady trickle, a batch per commit costs a
             // transaction per commit: let a few milliseconds of events
             // gather first (a full batch goes at once).
-            if events.len() < self.batch {
+            if !events.is_empty() && events.len() < self.batch {
                 tokio::time::sleep_until(began + GATHER).await;
-            }
-            let events = if events.len() < self.batch {
-                let mut events = events;
                 events.extend(subscription.next_ready(self.batch - events.len()).await?);
-                events
-            } else {
-                events
-            };
+            }
+            let wanted = events.iter().any(|e| self.projector.wants(e));
+            match events.last() {
+                Some(last) if !wanted => {
+                    began = tokio::time::Instant::now();
+                    self.visible.send_replace(last.position);
+                    if skipped.is_none() {
+                        skipped_since = tokio::time::Instant::now();
+                    }
+                    skipped = events.pop();
+                    if skipped_since.elapsed() < SKIPPED_CHECKPOINT {
+                        continue;
+                    }
+                    events.extend(skipped.take());
+                }
+                Some(_) => skipped = None,
+                // The log went quiet with a move pending: write it now.
+                None => match skipped.take() {
+                    Some(last) => events.push(last),
+                    None => continue,
+                },
+            }
             began = tokio::time::Instant::now();
             match self
                 .models
@@ -125,6 +152,9 @@ impl ProjectionRunner {
 
 /// How long a runner lets events gather before applying a short batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a checkpoint move over ignored events may wait to be written.
+const SKIPPED_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

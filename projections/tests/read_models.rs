@@ -590,6 +590,39 @@ async fn directory_documents_do_not_depend_on_batches(backend: Backend) {
     assert_eq!(documents(3).await, one_by_one);
 }
 
+/// Events a projection ignores move its checkpoint too: in this process at
+/// once, in the database once the log goes quiet (a reader elsewhere that
+/// waits for a position is never left waiting).
+async fn ignored_events_move_the_checkpoint(backend: Backend) {
+    use charter_commands::{ExpectedVersion, NewEvent, StreamId};
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let mut running = start(&backend, Arc::new(OrganizationsProjector));
+    let first = register(&kernel, "acme").await;
+    running.wait(first).await;
+    let mut last = first;
+    for n in 0..30 {
+        let stream = StreamId::parse(format!("other-{n}")).unwrap();
+        let outcome = backend
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                &[NewEvent::new("Happened", json!({"n": n}))],
+                &CommandMeta::new("other", org("acme"), Actor::system()),
+            )
+            .await
+            .unwrap();
+        last = outcome.last_position;
+    }
+    running.wait(last).await;
+    backend
+        .models
+        .wait_for(PROJECTION, last, Duration::from_secs(30))
+        .await
+        .expect("the checkpoint reached the last ignored event");
+    running.stop().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -617,4 +650,5 @@ on_both!(
     rebuild_switches_while_serving,
     access_index_follows_grants_and_policies,
     directory_documents_do_not_depend_on_batches,
+    ignored_events_move_the_checkpoint,
 );

@@ -1,18 +1,20 @@
 //! Appends on PostgreSQL, committed in groups.
 //!
 //! Every append (one stream, or several that must commit together) becomes
-//! a *unit* handed to one committer task. While a transaction is on its
-//! way, the units that arrive wait; the next transaction takes all of them
-//! at once, in one statement. Under load, many commands share one round
-//! trip, one transaction id and one flush of the write-ahead log; with a
-//! single writer, a unit goes out at once, as it would alone.
+//! a *unit* handed to one committer task. While transactions are on their
+//! way (as many at once as the store has append lanes, each on its own
+//! connection), the units that arrive
+//! wait; the next transaction takes all of them at once, in one statement.
+//! Under load, many commands share one round trip, one transaction id and
+//! one flush of the write-ahead log; with a single writer, a unit goes out
+//! at once, as it would alone.
 //!
 //! Units in one transaction stay independent: the statement checks every
 //! stream's expected version and every command id first and writes only
 //! the units whose checks all pass, so a stale writer or a repeated command
 //! never costs the others their commit. Two units on the same stream never
-//! share a transaction (the later one waits for the next), so the checks
-//! see each other's results. A writer in another process can still race a
+//! share a transaction, nor go out in two at once (the later one waits for
+//! the earlier one's commit), so the checks see each other's results. A writer in another process can still race a
 //! unit to a version; the unique constraint then fails the whole statement,
 //! and each unit of that group is tried again on its own.
 
@@ -383,10 +385,11 @@ impl Committer {
     /// transaction that wrote something.
     pub fn start(
         pool: PgPool,
-        committed: impl Fn() + Send + 'static,
+        lanes: usize,
+        committed: impl Fn() + Send + Sync + 'static,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (units, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(commit_loop(pool, receiver, committed));
+        let task = tokio::spawn(commit_loop(pool, lanes, receiver, committed));
         (Self { units }, task)
     }
 
@@ -421,8 +424,9 @@ impl Group {
         self.units.len() >= MAX_UNITS || self.events >= MAX_EVENTS || self.bytes >= MAX_BYTES
     }
 
-    /// Takes the unit unless it touches a stream already in the group or
-    /// would make the group too large (a group's first unit always fits).
+    /// Takes the unit unless it touches a stream already in the group (or
+    /// on its way in another) or would make the group too large (a
+    /// group's first unit always fits).
     fn offer(&mut self, unit: Unit) -> Option<Unit> {
         let collides = unit.parts.iter().any(|p| self.streams.contains(&p.stream));
         let bytes: usize = unit.parts.iter().map(Part::bytes).sum();
@@ -440,45 +444,96 @@ impl Group {
     }
 }
 
+/// Forms groups and sends each out on a free lane (`lanes` at most at
+/// once: while one waits for the disk, the next can be executed; on two
+/// cores one lane measured best, as more lanes make smaller groups).
 async fn commit_loop(
     pool: PgPool,
+    lanes: usize,
     mut receiver: mpsc::UnboundedReceiver<Unit>,
-    committed: impl Fn() + Send + 'static,
+    committed: impl Fn() + Send + Sync + 'static,
 ) {
+    let committed = std::sync::Arc::new(committed);
+    let lanes = std::sync::Arc::new(tokio::sync::Semaphore::new(lanes.max(1)));
+    // Streams of the groups on their way: no unit touching one of them
+    // joins another group until that group is done.
+    let mut in_flight: HashSet<StreamId> = HashSet::new();
+    let (done, mut finished) = mpsc::unbounded_channel::<Vec<StreamId>>();
     let mut waiting: VecDeque<Unit> = VecDeque::new();
+    let mut open = true;
     loop {
-        let mut group = Group::default();
-        let mut later = VecDeque::new();
-        while let Some(unit) = waiting.pop_front() {
-            if group.is_full() {
-                later.push_back(unit);
-            } else if let Some(unit) = group.offer(unit) {
-                later.push_back(unit);
-            }
-        }
-        if group.units.is_empty() {
-            match receiver.recv().await {
-                Some(unit) => {
-                    group.offer(unit);
+        let Ok(lane) = std::sync::Arc::clone(&lanes).acquire_owned().await else {
+            return;
+        };
+        let group = loop {
+            while let Ok(streams) = finished.try_recv() {
+                for stream in streams {
+                    in_flight.remove(&stream);
                 }
-                None => return,
             }
-        }
-        while !group.is_full() {
-            match receiver.try_recv() {
-                Ok(unit) => {
-                    if let Some(unit) = group.offer(unit) {
-                        later.push_back(unit);
+            let mut group = Group {
+                streams: in_flight.clone(),
+                ..Group::default()
+            };
+            let mut later = VecDeque::new();
+            while let Some(unit) = waiting.pop_front() {
+                if group.is_full() {
+                    later.push_back(unit);
+                } else if let Some(unit) = group.offer(unit) {
+                    later.push_back(unit);
+                }
+            }
+            while open && !group.is_full() {
+                match receiver.try_recv() {
+                    Ok(unit) => {
+                        if let Some(unit) = group.offer(unit) {
+                            later.push_back(unit);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            waiting = later;
+            if !group.units.is_empty() {
+                break group;
+            }
+            if !open && waiting.is_empty() && in_flight.is_empty() {
+                return;
+            }
+            // Nothing that can go now: wait for a unit, or for a group on
+            // its way to free its streams.
+            tokio::select! {
+                unit = receiver.recv(), if open => match unit {
+                    Some(unit) => waiting.push_back(unit),
+                    None => open = false,
+                },
+                Some(streams) = finished.recv() => {
+                    for stream in streams {
+                        in_flight.remove(&stream);
                     }
                 }
-                Err(_) => break,
             }
-        }
-        waiting = later;
+        };
+        let mine: Vec<StreamId> = group
+            .units
+            .iter()
+            .flat_map(|u| u.parts.iter().map(|p| p.stream.clone()))
+            .collect();
+        in_flight.extend(mine.iter().cloned());
         metrics::histogram!("charter_store_group_units").record(group.units.len() as f64);
-        if commit_group(&pool, group.units).await {
-            committed();
-        }
+        let (pool, done, committed) = (
+            pool.clone(),
+            done.clone(),
+            std::sync::Arc::clone(&committed),
+        );
+        tokio::spawn(async move {
+            if commit_group(&pool, group.units).await {
+                committed();
+            }
+            let _ = done.send(mine);
+            drop(lane);
+        });
     }
 }
 

@@ -166,10 +166,11 @@ impl PostgresStore {
             }
             None => "charter_events".to_owned(),
         };
-        // Appends have a connection of their own, so that they never queue
-        // behind reads for the shared pool.
+        // Appends have connections of their own (one per group on its
+        // way), so that they never queue behind reads for the shared pool.
+        let lanes = options.append_lanes.clamp(1, 16);
         let append_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(lanes)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(connect.clone());
         let pool = PgPoolOptions::new()
@@ -179,7 +180,7 @@ impl PostgresStore {
             .connect_lazy_with(connect);
         let (commits, _) = watch::channel(0u64);
         let announce = Arc::new(Notify::new());
-        let (committer, commit_task) = append::Committer::start(append_pool, {
+        let (committer, commit_task) = append::Committer::start(append_pool, lanes as usize, {
             let (commits, announce) = (commits.clone(), Arc::clone(&announce));
             move || {
                 commits.send_modify(|n| *n = n.wrapping_add(1));

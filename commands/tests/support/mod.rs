@@ -19,12 +19,18 @@ pub struct PgSchema {
 
 impl PgSchema {
     pub async fn new(max_connections: u32) -> Self {
+        Self::with_lanes(max_connections, 1).await
+    }
+
+    /// A store that commits up to `lanes` groups of appends at once.
+    pub async fn with_lanes(max_connections: u32, lanes: u32) -> Self {
         let schema = ScratchSchema::new("t");
         let store = PostgresStore::connect(
             &test_database_url(),
             StoreOptions {
                 schema: Some(schema.name.clone()),
                 max_connections,
+                append_lanes: lanes,
                 ..StoreOptions::default()
             },
         )

@@ -23,6 +23,9 @@ pub struct Config {
     pub database_schema: Option<String>,
     /// Connections in the store's pool.
     pub database_max_connections: u32,
+    /// PostgreSQL only: how many groups of appends may be on their way at
+    /// once (one connection each).
+    pub database_append_lanes: u32,
     /// When set, events are published to JetStream; otherwise to the
     /// in-process bus.
     pub nats_url: Option<String>,
@@ -80,6 +83,7 @@ impl Default for Config {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             database_schema: None,
             database_max_connections: 32,
+            database_append_lanes: 1,
             nats_url: None,
             nats_stream: charter_commands::jetstream::DEFAULT_STREAM.to_owned(),
             nats_subject_prefix: charter_commands::jetstream::DEFAULT_SUBJECT_PREFIX.to_owned(),
@@ -117,6 +121,7 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "database_schema",
     "database_max_connections",
+    "database_append_lanes",
     "nats_url",
     "nats_stream",
     "nats_subject_prefix",
@@ -240,6 +245,9 @@ impl Config {
         if self.database_max_connections == 0 {
             return invalid("database_max_connections", "must be at least 1".into());
         }
+        if !(1..=16).contains(&self.database_append_lanes) {
+            return invalid("database_append_lanes", "must be 1 to 16".into());
+        }
         if self.max_event_bytes == 0 {
             return invalid("max_event_bytes", "must be at least 1".into());
         }
@@ -296,6 +304,7 @@ impl Config {
             },
             schema: self.database_schema.clone(),
             max_connections: self.database_max_connections,
+            append_lanes: self.database_append_lanes,
             ..Default::default()
         }
     }

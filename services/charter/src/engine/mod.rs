@@ -365,7 +365,7 @@ impl Engine {
     }
 
     /// Does what a run's state asks for now, and sets its next wake-up.
-    async fn act(&self, driver: &mut Driver, id: &RunId) {
+    async fn act(self: &Arc<Self>, driver: &mut Driver, id: &RunId) {
         let now = now_ms();
         let Some(state) = driver.runs.get(id).and_then(|r| r.0.as_deref()) else {
             return;
@@ -374,8 +374,12 @@ impl Engine {
             self.running.cancel_run(id);
             self.traces.ended(id);
             driver.queued.retain(|task| task.run != *id);
+            // What follows a run's end (closing its contract, ending its
+            // sub-workflows, telling its parent) runs beside the driver,
+            // which goes on with the other runs meanwhile.
             if let Some(Run(Some(state))) = driver.runs.remove(id) {
-                self.finish(&state).await;
+                let engine = Arc::clone(self);
+                tokio::spawn(async move { engine.finish(&state).await });
             }
             return;
         }
