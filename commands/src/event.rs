@@ -205,9 +205,46 @@ impl CommandMeta {
 
 /// A stored event with all of its metadata. The payload stays raw JSON
 /// text until someone decodes it: catch-up reads and the relay never pay
-/// for a parse they do not need.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RecordedEvent {
+/// for a parse they do not need. Copies share one record (every reader
+/// of the log in a process gets the same event), so cloning is cheap; the
+/// record's fields are read through it.
+#[derive(Clone, PartialEq)]
+pub struct RecordedEvent(std::sync::Arc<EventRecord>);
+
+impl RecordedEvent {
+    pub fn new(record: EventRecord) -> Self {
+        Self(std::sync::Arc::new(record))
+    }
+}
+
+impl std::ops::Deref for RecordedEvent {
+    type Target = EventRecord;
+    fn deref(&self) -> &EventRecord {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RecordedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for RecordedEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EventRecord::deserialize(d).map(Self::new)
+    }
+}
+
+/// What a recorded event holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventRecord {
     pub position: Position,
     pub event_id: EventId,
     pub stream_id: StreamId,
@@ -224,7 +261,7 @@ pub struct RecordedEvent {
     pub payload: Box<RawValue>,
 }
 
-impl PartialEq for RecordedEvent {
+impl PartialEq for EventRecord {
     fn eq(&self, other: &Self) -> bool {
         self.position == other.position
             && self.event_id == other.event_id
@@ -243,7 +280,7 @@ impl PartialEq for RecordedEvent {
     }
 }
 
-impl RecordedEvent {
+impl EventRecord {
     /// The payload as a JSON value.
     pub fn payload_value(&self) -> Result<Value, StoreError> {
         serde_json::from_str(self.payload.get()).map_err(|e| StoreError::MalformedEvent {

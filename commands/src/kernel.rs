@@ -310,6 +310,21 @@ impl CommandHandler {
             .await
     }
 
+    /// Handles a command whose id was made just now (never sent before):
+    /// there is no earlier outcome to look up.
+    pub async fn handle_new<A: Aggregate>(
+        &self,
+        id: &A::Id,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Rejection>> {
+        let handling = Handling {
+            expected: None,
+            fresh_command_id: true,
+        };
+        self.handle_at::<A>(id, command, meta, handling).await
+    }
+
     /// Handles one command, but only against the stream version the caller
     /// last saw: when `expected` is given and the stream has moved on, the
     /// command is refused with a conflict (no retry, nothing written), so

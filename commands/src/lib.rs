@@ -26,8 +26,8 @@ pub mod tail;
 
 pub use error::StoreError;
 pub use event::{
-    AppendOutcome, CommandMeta, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend,
-    StreamId, StreamVersion,
+    AppendOutcome, CommandMeta, EventRecord, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StreamAppend, StreamId, StreamVersion,
 };
 pub use kernel::{CommandError, CommandHandler, CommandOutcome, Handling};
 pub use store::{EventStore, Snapshot, StoreLimits, connect};

@@ -290,7 +290,7 @@ impl SqliteStore {
             schema_version,
             payload,
         )?;
-        Ok(RecordedEvent {
+        Ok(RecordedEvent::new(crate::EventRecord {
             position,
             event_id: EventId::from_uuid(uuid(1)?),
             stream_id: StreamId::parse(row.try_get::<String, _>(2).map_err(column)?)
@@ -308,7 +308,7 @@ impl SqliteStore {
             correlation_id: CorrelationId::from_uuid(uuid(11)?),
             causation_id: CausationId::from_uuid(uuid(12)?),
             payload,
-        })
+        }))
     }
 }
 

@@ -276,7 +276,7 @@ mod tests {
 
     fn event(position: u64) -> RecordedEvent {
         let raw = serde_json::value::to_raw_value(&serde_json::json!({})).unwrap();
-        RecordedEvent {
+        RecordedEvent::new(crate::EventRecord {
             position: Position(position),
             event_id: charter_domain::EventId::new(),
             stream_id: StreamId::parse("organization-acme").unwrap(),
@@ -291,7 +291,7 @@ mod tests {
             correlation_id: charter_domain::CorrelationId::new(),
             causation_id: charter_domain::CausationId::new(),
             payload: raw,
-        }
+        })
     }
 
     fn positions(events: &[RecordedEvent]) -> Vec<u64> {

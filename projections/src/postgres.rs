@@ -12,11 +12,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::read_models::{fold_statuses, generation_arg, generation_of, to_i64, to_u64};
-use crate::staged::{Change, DocLoader, StagedDocuments};
+use crate::staged::{Change, DocLoader, StagedDocuments, WrittenDocs, after_commit};
 use crate::{BatchOutcome, Document, ProjectionError, ProjectionStatus, Projector, ReadModels};
 
 pub struct PostgresReadModels {
     pool: PgPool,
+    /// What this process's batches wrote last, to start the next from.
+    written: WrittenDocs,
 }
 
 fn db(error: sqlx::Error) -> ProjectionError {
@@ -51,7 +53,10 @@ impl PostgresReadModels {
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            written: WrittenDocs::default(),
+        })
     }
 }
 
@@ -140,7 +145,7 @@ async fn flush(
     conn: &mut PgConnection,
     projection: &str,
     generation: i32,
-    changes: std::collections::BTreeMap<(String, String), Change>,
+    changes: &std::collections::BTreeMap<(String, String), Change>,
 ) -> Result<(), ProjectionError> {
     let (mut put_collections, mut put_keys, mut orgs, mut docs, mut positions) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -148,23 +153,23 @@ async fn flush(
     for ((collection, key), change) in changes {
         match change {
             Change::Put { org, doc, position } => {
-                put_collections.push(collection);
-                put_keys.push(key);
-                orgs.push(org.to_string());
-                docs.push(doc);
+                put_collections.push(collection.as_str());
+                put_keys.push(key.as_str());
+                orgs.push(org.as_str());
+                docs.push(doc.to_string());
                 positions.push(to_i64(position.0));
             }
             Change::Delete => {
-                del_collections.push(collection);
-                del_keys.push(key);
+                del_collections.push(collection.as_str());
+                del_keys.push(key.as_str());
             }
         }
     }
     if !put_keys.is_empty() {
         sqlx::query(
             "INSERT INTO read_models (projection, generation, collection, key, org, doc, position)
-             SELECT $1, $2, c, k, o, d, p
-               FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int8[])
+             SELECT $1, $2, c, k, o, d::jsonb, p
+               FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
                     AS u(c, k, o, d, p)
              ON CONFLICT (projection, generation, collection, key) DO UPDATE
                 SET org = excluded.org, doc = excluded.doc, position = excluded.position",
@@ -291,43 +296,39 @@ impl ReadModels for PostgresReadModels {
         // would hold every reader back. Here the id comes with the writes
         // at the end, just before the commit.
         lock_projection(&mut tx, name).await?;
-        let active: Option<i32> =
-            sqlx::query_scalar("SELECT active_generation FROM projections WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        let active = active.ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
-        if only_if_active && active != generation {
-            return Ok(BatchOutcome::Superseded {
-                active: generation_of(active),
-            });
-        }
-        let checkpoint: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM projection_checkpoints
-              WHERE name = $1 AND generation = $2",
+        // The active generation and this generation's checkpoint, at once.
+        let found: Option<(i32, Option<i64>)> = sqlx::query_as(
+            "SELECT p.active_generation, c.position
+               FROM projections p
+               LEFT JOIN projection_checkpoints c ON c.name = p.name AND c.generation = $2
+              WHERE p.name = $1",
         )
         .bind(name)
         .bind(generation)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let checkpoint =
-            Position(to_u64(checkpoint.ok_or_else(|| {
-                ProjectionError::UnknownProjection(name.to_owned())
-            })?));
+        let unknown = || ProjectionError::UnknownProjection(name.to_owned());
+        let (active, checkpoint) = found.ok_or_else(unknown)?;
+        if only_if_active && active != generation {
+            return Ok(BatchOutcome::Superseded {
+                active: generation_of(active),
+            });
+        }
+        let checkpoint = Position(to_u64(checkpoint.ok_or_else(unknown)?));
         let fresh: Vec<&RecordedEvent> =
             events.iter().filter(|e| e.position > checkpoint).collect();
         let Some(last) = fresh.last().map(|e| e.position) else {
             return Ok(BatchOutcome::Applied(checkpoint));
         };
-        let changes = {
+        let known = self.written.take(name, generation, checkpoint);
+        let (changes, after) = {
             let mut loader = PgLoader {
                 conn: &mut tx,
                 projection: name,
                 generation,
             };
-            let mut staged = StagedDocuments::new(&mut loader);
+            let mut staged = StagedDocuments::knowing(&mut loader, known);
             let reads: Vec<_> = fresh
                 .iter()
                 .filter(|e| projector.wants(e))
@@ -337,9 +338,9 @@ impl ReadModels for PostgresReadModels {
             let wanted: Vec<&RecordedEvent> =
                 fresh.into_iter().filter(|e| projector.wants(e)).collect();
             projector.apply_all(&wanted, &mut staged).await?;
-            staged.changes
+            staged.into_parts()
         };
-        flush(&mut tx, name, generation, changes).await?;
+        flush(&mut tx, name, generation, &changes).await?;
         sqlx::query(
             "UPDATE projection_checkpoints SET position = $3, updated_at = now()
               WHERE name = $1 AND generation = $2",
@@ -351,6 +352,8 @@ impl ReadModels for PostgresReadModels {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        self.written
+            .keep(name, generation, last, after_commit(changes, after));
         Ok(BatchOutcome::Applied(last))
     }
 

@@ -13,8 +13,8 @@ use crate::ProjectionError;
 pub trait Documents: Send {
     /// The current document, including writes staged earlier in the batch.
     async fn get(&mut self, collection: &str, key: &str) -> Result<Option<Value>, ProjectionError>;
-    /// The current document, for a caller that will put or delete it
-    /// next (it need not be copied).
+    /// The current document, for a caller that puts or deletes it next (it
+    /// need not be copied; it must be written back).
     async fn take(
         &mut self,
         collection: &str,

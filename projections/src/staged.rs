@@ -48,19 +48,99 @@ pub(crate) struct StagedDocuments<'l> {
     /// The position of the event being applied; stamped on each write.
     pub(crate) position: Position,
     /// Documents read ahead for the batch (`None`: known not to exist).
-    prefetched: std::collections::HashMap<(String, String), Option<Value>>,
+    prefetched: Known,
+}
+
+/// Documents as committed, by `(collection, key)` (`None`: known not to
+/// exist).
+pub(crate) type Known = std::collections::HashMap<(String, String), Option<Value>>;
+
+/// How many documents [`WrittenDocs`] keeps per projection generation.
+const KEPT_DOCUMENTS: usize = 4096;
+
+/// The documents each projection generation last wrote in this process,
+/// with the checkpoint that write committed. While the checkpoint found
+/// under the projection's lock is still that one, nobody else has written
+/// since (every batch moves the checkpoint), so the next batch may use
+/// them instead of reading them again.
+#[derive(Default)]
+pub(crate) struct WrittenDocs {
+    by_generation: std::sync::Mutex<std::collections::HashMap<(String, i32), (Position, Known)>>,
+}
+
+impl WrittenDocs {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i32), (Position, Known)>>
+    {
+        self.by_generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The documents to start a batch from, when the checkpoint is still
+    /// the one this process left; nothing otherwise. They are taken: a
+    /// batch that fails leaves nothing behind.
+    pub(crate) fn take(&self, projection: &str, generation: i32, checkpoint: Position) -> Known {
+        match self.lock().remove(&(projection.to_owned(), generation)) {
+            Some((at, known)) if at == checkpoint => known,
+            _ => Known::new(),
+        }
+    }
+
+    /// What a batch that committed through `checkpoint` left.
+    pub(crate) fn keep(
+        &self,
+        projection: &str,
+        generation: i32,
+        checkpoint: Position,
+        known: Known,
+    ) {
+        if known.len() > KEPT_DOCUMENTS {
+            return;
+        }
+        self.lock()
+            .insert((projection.to_owned(), generation), (checkpoint, known));
+    }
 }
 
 impl<'l> StagedDocuments<'l> {
     pub(crate) fn new(loader: &'l mut dyn DocLoader) -> Self {
+        Self::knowing(loader, Known::new())
+    }
+
+    /// Staged writes over documents some of which are already known (as
+    /// committed), so that they need not be read.
+    pub(crate) fn knowing(loader: &'l mut dyn DocLoader, known: Known) -> Self {
         Self {
             loader,
             changes: BTreeMap::new(),
             position: Position::START,
-            prefetched: std::collections::HashMap::new(),
+            prefetched: known,
         }
     }
 
+    /// The writes to flush, and the documents known before them (those the
+    /// batch wrote are replaced by [`after_commit`]).
+    pub(crate) fn into_parts(self) -> (BTreeMap<(String, String), Change>, Known) {
+        (self.changes, self.prefetched)
+    }
+}
+
+/// The documents as they are once a batch committed: those known before,
+/// with what it wrote put over them (`None` for a delete).
+pub(crate) fn after_commit(changes: BTreeMap<(String, String), Change>, mut known: Known) -> Known {
+    for (id, change) in changes {
+        let doc = match change {
+            Change::Put { doc, .. } => Some(doc),
+            Change::Delete => None,
+        };
+        known.insert(id, doc);
+    }
+    known
+}
+
+impl StagedDocuments<'_> {
     /// Reads ahead every document the projector said the batch will read.
     pub(crate) async fn prefetch(
         &mut self,
@@ -71,6 +151,11 @@ impl<'l> StagedDocuments<'l> {
             by_collection.entry(collection).or_default().push(key);
         }
         for (collection, mut keys) in by_collection {
+            keys.retain(|key| {
+                !self
+                    .prefetched
+                    .contains_key(&(collection.to_owned(), key.clone()))
+            });
             keys.sort();
             keys.dedup();
             for chunk in keys.chunks(1000) {

@@ -623,6 +623,94 @@ async fn ignored_events_move_the_checkpoint(backend: Backend) {
     running.stop().await;
 }
 
+/// Two processes applying one projection in turn: each may start a batch
+/// from the documents it wrote last only while nobody else has written
+/// since, so neither ever writes over the other's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_elsewhere_are_read_again() {
+    use charter_domain::Scoped;
+    use charter_domain::ids::SubjectName;
+    use charter_domain::subject::{Subject, SubjectCommand, SubjectKind};
+    use charter_projections::directory::{DIRECTORY, DirectoryProjector, SUBJECTS};
+
+    let backend = postgres().await;
+    let schema = backend._scratch.0.as_ref().unwrap().name.clone();
+    let other = charter_projections::connect(&test_database_url(), Some(&schema), 2)
+        .await
+        .unwrap();
+    let kernel = CommandHandler::new(Arc::clone(&backend.store));
+    let acme = org("acme");
+    let bot = Scoped::new(acme.clone(), SubjectName::parse("bot").unwrap());
+    let m = || {
+        CommandMeta::new(
+            Subject::KIND,
+            acme.clone(),
+            Actor::parse("user:root").unwrap(),
+        )
+    };
+    let mut last = Position::START;
+    for n in 0..4 {
+        // Each key adds to what came before: a batch that started from a
+        // stale document would lose one.
+        let command = if n == 0 {
+            SubjectCommand::Create {
+                kind: SubjectKind::Agent,
+                display_name: DisplayName::parse("Bot").unwrap(),
+            }
+        } else {
+            SubjectCommand::AddApiKey {
+                key_id: charter_domain::subject::ApiKeyId::parse(format!("benchkey{n}")).unwrap(),
+                digest: charter_domain::subject::KeyDigest::parse(format!("{n}").repeat(64))
+                    .unwrap(),
+            }
+        };
+        last = kernel
+            .handle::<Subject>(&bot, &command, &m())
+            .await
+            .unwrap()
+            .position
+            .unwrap();
+    }
+    wait_for_position(&*backend.store, last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let events: Vec<RecordedEvent> = backend
+        .store
+        .read_all(Position::START, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.aggregate_type == Subject::KIND)
+        .collect();
+    assert_eq!(events.len(), 4);
+    let generation = backend.models.register(DIRECTORY).await.unwrap();
+    other.register(DIRECTORY).await.unwrap();
+    // One, the other, one, the other: each batch one event of the same
+    // document.
+    for (n, event) in events.iter().enumerate() {
+        let models = if n % 2 == 0 { &backend.models } else { &other };
+        let outcome = models
+            .apply_batch(
+                &DirectoryProjector,
+                generation,
+                std::slice::from_ref(event),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, BatchOutcome::Applied(event.position));
+    }
+    let doc = backend
+        .models
+        .get(DIRECTORY, SUBJECTS, "acme:bot")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.doc["version"], json!(4));
+    let keys = doc.doc["state"]["api_keys"].as_object().unwrap();
+    assert_eq!(keys.len(), 3, "{}", doc.doc);
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {

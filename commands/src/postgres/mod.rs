@@ -286,7 +286,7 @@ fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, Store
         schema_version,
         payload,
     )?;
-    Ok(RecordedEvent {
+    Ok(RecordedEvent::new(crate::EventRecord {
         position,
         event_id: EventId::from_uuid(row.try_get(1).map_err(column)?),
         stream_id: StreamId::parse(row.try_get::<String, _>(2).map_err(column)?)
@@ -304,7 +304,7 @@ fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, Store
         correlation_id: CorrelationId::from_uuid(row.try_get(11).map_err(column)?),
         causation_id: CausationId::from_uuid(row.try_get(12).map_err(column)?),
         payload,
-    })
+    }))
 }
 
 /// Follows `NOTIFY`s on the channel and ticks `commits` for each.

@@ -118,7 +118,9 @@ impl RunFeed {
         }
     }
 
-    /// Handles a run command, and hands what it appended to the driver.
+    /// Handles a run command (its id made just now, as every run command
+    /// of the engine and the gateway is), and hands what it appended to
+    /// the driver.
     pub async fn handle(
         &self,
         handler: &CommandHandler,
@@ -129,7 +131,7 @@ impl RunFeed {
         charter_commands::CommandOutcome<RunEvent>,
         charter_commands::CommandError<charter_domain::run::RunRejection>,
     > {
-        let outcome = handler.handle::<Run>(id, command, meta).await?;
+        let outcome = handler.handle_new::<Run>(id, command, meta).await?;
         if !outcome.duplicate {
             self.send(
                 id,
@@ -449,7 +451,7 @@ impl Engine {
         let system = |kind: &str| CommandMeta::new(kind, state.id.org.clone(), Actor::system());
         if let Err(error) = self
             .handler
-            .handle::<Contract>(&state.id, &ContractCommand::Close, &system(Contract::KIND))
+            .handle_new::<Contract>(&state.id, &ContractCommand::Close, &system(Contract::KIND))
             .await
         {
             tracing::debug!(run = %state.id, %error, "closing a contract");
