@@ -1,9 +1,11 @@
 //! `charter-commands` owns Charter's write side: the event store (one
-//! [`EventStore`] trait; PostgreSQL for production, SQLite for the embedded
-//! default), command handling (load, decide, append, retry on conflict),
-//! idempotency, snapshots, upcasting on read, and the outbox relay that
-//! publishes every committed event to JetStream or the in-process bus, and
-//! the shared in-memory tail of the log that every reader in a process
+//! [`EventStore`] trait; PostgreSQL for production, with group commit, and
+//! SQLite for the embedded default; atomic appends across streams), command
+//! handling (load, decide, append, retry on conflict, with a cache of
+//! aggregate states and per-stream turns; joint commands over two
+//! aggregates), idempotency, snapshots, upcasting on read, the outbox relay
+//! that publishes every committed event to JetStream or the in-process bus,
+//! and the shared in-memory tail of the log that every reader in a process
 //! follows.
 //!
 //! It must not hold business rules (those live in `charter-domain`) nor read

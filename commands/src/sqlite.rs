@@ -33,8 +33,8 @@ use uuid::Uuid;
 use crate::sql::{self, to_i64, to_u64};
 use crate::store::{Snapshot, StoreOptions, prepare_parts, record_append, upcast_payload};
 use crate::{
-    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StoreLimits, StreamAppend, StreamId, StreamVersion,
+    AppendOutcome, EventStore, ExpectedVersion, Position, RecordedEvent, StoreError, StoreLimits,
+    StreamAppend, StreamId, StreamVersion,
 };
 
 fn migrator() -> Migrator {
@@ -345,32 +345,13 @@ impl EventStore for SqliteStore {
         skip_all,
         fields(
             backend = self.backend(),
-            stream = %stream,
-            events = events.len(),
-            org = %meta.org,
-            command_id = %meta.command_id,
-            correlation_id = %meta.correlation_id,
-            causation_id = %meta.causation(),
+            parts = parts.len(),
+            stream = parts.first().map(|p| p.stream.as_str()),
+            org = parts.first().map(|p| p.meta.org.as_str()),
+            command_id = parts.first().map(|p| tracing::field::display(p.meta.command_id)),
+            correlation_id = parts.first().map(|p| tracing::field::display(p.meta.correlation_id)),
         )
     )]
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError> {
-        let mut outcomes = self
-            .append_all(&[StreamAppend {
-                stream,
-                expected,
-                events,
-                meta,
-            }])
-            .await?;
-        Ok(outcomes.remove(0))
-    }
-
     async fn append_all(
         &self,
         parts: &[StreamAppend<'_>],

@@ -110,7 +110,16 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: &[NewEvent],
         meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError>;
+    ) -> Result<AppendOutcome, StoreError> {
+        let part = StreamAppend {
+            stream,
+            expected,
+            events,
+            meta,
+        };
+        let mut outcomes = self.append_all(&[part]).await?;
+        Ok(outcomes.remove(0))
+    }
 
     /// Appends to several streams as one atomic step: every part is
     /// written, or none is. Each part has its own expected version and its

@@ -23,8 +23,8 @@ use tokio::task::AbortHandle;
 
 use crate::store::{StoreLimits, Subscription};
 use crate::{
-    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    Snapshot, StoreError, StreamAppend, StreamId, StreamVersion,
+    AppendOutcome, EventStore, Position, RecordedEvent, Snapshot, StoreError, StreamAppend,
+    StreamId, StreamVersion,
 };
 
 struct Cache {
@@ -156,16 +156,6 @@ impl EventStore for TailedStore {
 
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.inner.check_ready().await
-    }
-
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(stream, expected, events, meta).await
     }
 
     async fn append_all(

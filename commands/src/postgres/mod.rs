@@ -386,32 +386,13 @@ impl EventStore for PostgresStore {
         skip_all,
         fields(
             backend = self.backend(),
-            stream = %stream,
-            events = events.len(),
-            org = %meta.org,
-            command_id = %meta.command_id,
-            correlation_id = %meta.correlation_id,
-            causation_id = %meta.causation(),
+            parts = parts.len(),
+            stream = parts.first().map(|p| p.stream.as_str()),
+            org = parts.first().map(|p| p.meta.org.as_str()),
+            command_id = parts.first().map(|p| tracing::field::display(p.meta.command_id)),
+            correlation_id = parts.first().map(|p| tracing::field::display(p.meta.correlation_id)),
         )
     )]
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        meta: &CommandMeta,
-    ) -> Result<AppendOutcome, StoreError> {
-        let mut outcomes = self
-            .append_all(&[StreamAppend {
-                stream,
-                expected,
-                events,
-                meta,
-            }])
-            .await?;
-        Ok(outcomes.remove(0))
-    }
-
     async fn append_all(
         &self,
         parts: &[StreamAppend<'_>],

@@ -1255,12 +1255,32 @@ pub async fn kernels_sharing_a_store_never_act_on_stale_states(h: &dyn Harness) 
     assert_eq!(version, StreamVersion(7));
 }
 
+/// A joint command that sends `command` to the orgs `first` and `second`.
+fn to_both(
+    first: &'static str,
+    second: &'static str,
+    command: OrgCommand,
+) -> impl Fn(
+    &Organization,
+    &Organization,
+) -> Result<
+    charter_commands::joint::Joint<OrgEvent, OrgEvent, ()>,
+    charter_domain::organization::OrgRejection,
+> {
+    move |a: &Organization, b: &Organization| {
+        Ok(charter_commands::joint::Joint {
+            first: a.decide(&org(first), &command)?,
+            second: b.decide(&org(second), &command)?,
+            value: (),
+        })
+    }
+}
+
 /// One decision over two aggregates: both streams written in one append or
 /// neither; a refusal writes nothing; a state another kernel made stale is
 /// found by the conflict and decided again; concurrent joint commands on
 /// the same two aggregates all land.
 pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
-    use charter_commands::joint::Joint;
     let store = h.store();
     let kernel = CommandHandler::new(Arc::clone(&store)).with_max_attempts(60);
     let other = CommandHandler::new(Arc::clone(&store));
@@ -1277,20 +1297,11 @@ pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
         tags: Tags::default(),
         parent: None,
     };
-    let both = |command: OrgCommand| {
-        move |a: &Organization, b: &Organization| {
-            Ok::<_, charter_domain::organization::OrgRejection>(Joint {
-                first: a.decide(&org("left"), &command)?,
-                second: b.decide(&org("right"), &command)?,
-                value: (),
-            })
-        }
-    };
     let outcome = kernel
         .handle_together::<Organization, Organization, _, _>(
             (&left, &m(&left)),
             (&right, &m(&right)),
-            both(register.clone()),
+            to_both("left", "right", register.clone()),
         )
         .await
         .unwrap();
@@ -1306,7 +1317,7 @@ pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
         .handle_together::<Organization, Organization, _, _>(
             (&left, &m(&left)),
             (&right, &m(&right)),
-            both(register.clone()),
+            to_both("left", "right", register.clone()),
         )
         .await
         .unwrap_err();
@@ -1320,13 +1331,7 @@ pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
         .handle_together::<Organization, Organization, _, _>(
             (&lonely, &m(&lonely)),
             (&right, &m(&right)),
-            |a: &Organization, b: &Organization| {
-                Ok::<_, charter_domain::organization::OrgRejection>(Joint {
-                    first: a.decide(&org("lonely"), &register)?,
-                    second: b.decide(&org("right"), &register)?,
-                    value: (),
-                })
-            },
+            to_both("lonely", "right", register.clone()),
         )
         .await
         .unwrap_err();
@@ -1353,7 +1358,7 @@ pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
         .handle_together::<Organization, Organization, _, _>(
             (&left, &m(&left)),
             (&right, &m(&right)),
-            both(tags(0)),
+            to_both("left", "right", tags(0)),
         )
         .await
         .unwrap();
@@ -1372,20 +1377,11 @@ pub async fn joint_commands_change_both_or_neither(h: &dyn Harness) {
                         Actor::parse("user:root").unwrap(),
                     )
                 };
-                let command = OrgCommand::SetTags {
-                    tags: Tags::parse([("n", n.to_string().as_str())]).unwrap(),
-                };
                 kernel
                     .handle_together::<Organization, Organization, _, _>(
                         (&left, &m(&left)),
                         (&right, &m(&right)),
-                        |a: &Organization, b: &Organization| {
-                            Ok::<_, charter_domain::organization::OrgRejection>(Joint {
-                                first: a.decide(&org("left"), &command)?,
-                                second: b.decide(&org("right"), &command)?,
-                                value: (),
-                            })
-                        },
+                        to_both("left", "right", tags(n)),
                     )
                     .await
             })

@@ -7,9 +7,12 @@
 //! when a retry, timer, approval or deadline comes due (and send the run a
 //! `Tick`), take a node back when its worker's lease runs out, stop the
 //! calls of a run that ended, close its contract, cancel its sub-workflows
-//! still running, and report a finished sub-workflow to its parent. Because it acts on state, not on single
-//! events, a restart is just another catch-up: every pending node is
-//! queued again, and workers drop what is already done.
+//! still running, and report a finished sub-workflow to its parent (that
+//! last part beside its loop, so that one run's end never holds up the
+//! others). Because it acts on state, not on single events, a restart is
+//! just another catch-up: every pending node is queued again, and workers
+//! drop what is already done. Every run event it folds is recorded in the
+//! run's in-memory trace ([`traces`]), which followers read.
 
 pub mod queue;
 pub mod start;

@@ -251,10 +251,10 @@ impl Gateway {
     }
 
     /// The trace after `after`, waiting up to `wait` (at most 30 s) for
-    /// the run's next event when there is none yet. It wakes on the
-    /// engine's notice for this run; reading the stream is the truth, the
-    /// notice only says when to look (a periodic look covers a notice
-    /// missed).
+    /// the run's next event when there is none yet. It wakes when this
+    /// process records an event of the run (a periodic look covers one
+    /// missed), and reads the trace this process holds, or the stream when
+    /// it holds none.
     pub(crate) async fn trace_waiting(
         &self,
         run: &RunId,
