@@ -187,16 +187,23 @@ spec: {subject: gina, role: admin}
 "#;
 
 /// The settings that put a server on PostgreSQL + JetStream, in a schema
-/// and a stream of its own; keep the schema alive as long as the server.
-pub fn postgres_and_jetstream(label: &str) -> (PgSchema, String, Vec<(&'static str, String)>) {
+/// and streams of its own; keep the schema and the streams alive as long
+/// as the server (they are removed when dropped).
+pub fn postgres_and_jetstream(
+    label: &str,
+) -> (
+    PgSchema,
+    charter_testkit::ScratchStreams,
+    Vec<(&'static str, String)>,
+) {
     let schema = PgSchema::new(label);
     let tag = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("{}_{tag}", label.to_ascii_uppercase());
+    let stream = charter_testkit::ScratchStreams::new(&label.to_ascii_uppercase());
     let settings = vec![
         ("CHARTER_DATABASE_URL", test_database_url()),
         ("CHARTER_DATABASE_SCHEMA", schema.name.clone()),
         ("CHARTER_NATS_URL", test_nats_url()),
-        ("CHARTER_NATS_STREAM", stream.clone()),
+        ("CHARTER_NATS_STREAM", stream.name.clone()),
         (
             "CHARTER_NATS_SUBJECT_PREFIX",
             format!("{label}{tag}.events"),

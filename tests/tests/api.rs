@@ -602,7 +602,7 @@ async fn api_on_postgres_and_jetstream() {
     let events = env.events() as u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let mut info = js.get_stream(&stream).await.unwrap();
+        let mut info = js.get_stream(stream.name.as_str()).await.unwrap();
         let messages = info.info().await.unwrap().state.messages;
         if messages == events {
             break;
@@ -613,7 +613,6 @@ async fn api_on_postgres_and_jetstream() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = js.delete_stream(&stream).await;
 }
 
 #[tokio::test]

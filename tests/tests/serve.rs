@@ -155,14 +155,14 @@ async fn postgres_and_jetstream_end_to_end() {
     let dir = TempDir::new();
     let schema = PgSchema::new("e2e");
     let tag = uuid::Uuid::now_v7().simple().to_string();
-    let stream_name = format!("E2E_{tag}");
+    let stream_name = charter_testkit::ScratchStreams::new("E2E");
     let prefix = format!("e2e{tag}.events");
     let configure = |command: &mut std::process::Command| {
         command
             .env("CHARTER_DATABASE_URL", test_database_url())
             .env("CHARTER_DATABASE_SCHEMA", &schema.name)
             .env("CHARTER_NATS_URL", test_nats_url())
-            .env("CHARTER_NATS_STREAM", &stream_name)
+            .env("CHARTER_NATS_STREAM", &stream_name.name)
             .env("CHARTER_NATS_SUBJECT_PREFIX", &prefix);
     };
     let mut command = charter_command(&dir.0);
@@ -212,7 +212,7 @@ async fn postgres_and_jetstream_end_to_end() {
     let js = async_nats::jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut stream = loop {
-        if let Ok(mut stream) = js.get_stream(&stream_name).await
+        if let Ok(mut stream) = js.get_stream(stream_name.name.as_str()).await
             && stream.info().await.unwrap().state.messages >= 60
         {
             break stream;
@@ -311,6 +311,5 @@ async fn postgres_and_jetstream_end_to_end() {
     assert!(status.success(), "{status:?}");
 
     assert!(server.signal_and_wait("TERM").success());
-    let _ = js.delete_stream(&stream_name).await;
     drop(Arc::new(store));
 }

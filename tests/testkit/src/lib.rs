@@ -1,7 +1,8 @@
 //! `charter-testkit` owns what every test suite shares: where the test
-//! PostgreSQL and NATS are, and scratch PostgreSQL schemas and SQLite files
-//! that remove themselves when the test ends (even when it panics). It
-//! depends on no Charter crate, so any of them can use it in tests.
+//! PostgreSQL and NATS are, and scratch PostgreSQL schemas, JetStream
+//! streams and SQLite files that remove themselves when the test ends
+//! (even when it panics). It depends on no Charter crate, so any of them
+//! can use it in tests.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,53 @@ impl Drop for ScratchSchema {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .execute(&mut conn)
                         .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// JetStream streams a test's server creates (its events stream and its
+/// task queue, `<name>_TASKS`), deleted when this value is dropped.
+#[derive(Debug)]
+pub struct ScratchStreams {
+    pub name: String,
+}
+
+impl ScratchStreams {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            name: format!("{prefix}_{}", uuid::Uuid::now_v7().simple()),
+        }
+    }
+}
+
+impl std::ops::Deref for ScratchStreams {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ScratchStreams {
+    fn drop(&mut self) {
+        let names = [self.name.clone(), format!("{}_TASKS", self.name)];
+        // As for schemas: a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(client) = async_nats::connect(test_nats_url()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                for name in names {
+                    let _ = js.delete_stream(&name).await;
                 }
             });
         })
