@@ -243,3 +243,74 @@ mod lanes {
         conformance::readers_follow_commit_order(&harness().await).await;
     }
 }
+
+/// Two stores on one database, as two processes would have: their groups
+/// race for the same versions, the database's constraint decides, and the
+/// loser of each race learns the version that won; no group loses an
+/// append of another stream to the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_of_two_processes_race_safely() {
+    let first = PgSchema::new(8).await;
+    let second = PostgresStore::connect(
+        &test_database_url(),
+        StoreOptions {
+            schema: Some(first.schema.name.clone()),
+            max_connections: 8,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stores: [Arc<dyn EventStore>; 2] = [
+        Arc::clone(&first.store) as Arc<dyn EventStore>,
+        Arc::new(second),
+    ];
+    let shared = StreamId::parse("raced").unwrap();
+    stores[0]
+        .append(
+            &shared,
+            ExpectedVersion::NoStream,
+            &conformance::events(1),
+            &conformance::meta("acme"),
+        )
+        .await
+        .unwrap();
+    for round in 0..5u64 {
+        let at = stores[0].stream_version(&shared).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = Arc::clone(&stores[i % 2]);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    // Each writer also appends to a stream of its own, in
+                    // the same group as its neighbours' racing appends.
+                    let own = StreamId::parse(format!("own-{round}-{i}")).unwrap();
+                    let one = conformance::events(1);
+                    let (by_me, by_race) = (conformance::meta("acme"), conformance::meta("acme"));
+                    let mine = store.append(&own, ExpectedVersion::NoStream, &one, &by_me);
+                    let raced = store.append(&shared, ExpectedVersion::Exact(at), &one, &by_race);
+                    let (mine, raced) = tokio::join!(mine, raced);
+                    (mine, raced)
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            let (mine, raced) = task.await.unwrap();
+            mine.expect("an append to a stream of its own never loses");
+            match raced {
+                Ok(_) => wins += 1,
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    assert_eq!(actual.0, at.0 + 1)
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
+    assert_eq!(
+        stores[1].stream_version(&shared).await.unwrap().0,
+        6,
+        "one append per round"
+    );
+}
