@@ -163,13 +163,16 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// What a live [`Subscription`] reads: like `read_all`, but a store
     /// may answer from a shared in-memory tail that trails the database by
-    /// a moment (it then ticks `commits()` when it has more).
-    async fn read_tail(
-        &self,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_all(after, limit).await
+    /// a moment (it then ticks `commits()` when it has more). It also says
+    /// whether events already committed lie beyond what it could return
+    /// (held back by an older transaction still open): only then need a
+    /// follower look again before the next tick. A store that cannot tell
+    /// says they may.
+    async fn read_tail(&self, after: Position, limit: usize) -> Result<TailRead, StoreError> {
+        Ok(TailRead {
+            events: self.read_all(after, limit).await?,
+            held_back: true,
+        })
     }
 
     /// The position of the last event `read_all` can return now.
@@ -331,15 +334,29 @@ pub(crate) fn upcast_payload(
     Ok((version, raw))
 }
 
+/// What a read of the log's tail found.
+#[derive(Debug, Default)]
+pub struct TailRead {
+    pub events: Vec<RecordedEvent>,
+    /// Committed events lie beyond `events` that an older open transaction
+    /// holds back for now (or the store cannot tell that none do).
+    pub held_back: bool,
+}
+
 /// A live reader of the global log: it first catches up from its position,
-/// then follows new commits. Between commits it sleeps until a commit is
-/// announced, or at most the store's poll interval; it never spins.
+/// then follows new commits. Once it has everything readable it sleeps
+/// until a commit is announced, or at most the store's poll interval;
+/// while committed events are held back by an older open transaction it
+/// looks again soon, backing off. It never spins.
 pub struct Subscription {
     store: Arc<dyn EventStore>,
     position: Position,
     batch: usize,
     commits: watch::Receiver<u64>,
     idle_rounds: u32,
+    /// The last read returned everything readable and nothing was held
+    /// back: the next waits for a commit first.
+    settled: bool,
 }
 
 impl Subscription {
@@ -351,6 +368,7 @@ impl Subscription {
             batch: batch.max(1),
             commits,
             idle_rounds: 0,
+            settled: false,
         }
     }
 
@@ -364,7 +382,7 @@ impl Subscription {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let events = self.store.read_tail(self.position, limit).await?;
+        let events = self.store.read_tail(self.position, limit).await?.events;
         if let Some(last) = events.last() {
             self.position = last.position;
         }
@@ -374,16 +392,37 @@ impl Subscription {
     /// The next batch of events, waiting for one if the log is caught up.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         loop {
+            if self.settled {
+                // Nothing to read until the next commit (the poll interval
+                // bounds the wait, should an announcement be lost).
+                self.settled = false;
+                tokio::select! {
+                    changed = self.commits.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(self.store.poll_interval()).await;
+                        }
+                    }
+                    () = tokio::time::sleep(self.store.poll_interval()) => {}
+                }
+            }
             self.commits.mark_unchanged();
-            let events = self.store.read_tail(self.position, self.batch).await?;
+            let TailRead { events, held_back } =
+                self.store.read_tail(self.position, self.batch).await?;
+            let full = events.len() >= self.batch;
             if let Some(last) = events.last() {
                 self.position = last.position;
                 self.idle_rounds = 0;
+                self.settled = !full && !held_back;
                 return Ok(events);
             }
-            // Right after an announced commit, the read horizon may still be
-            // held back by an older transaction that is about to commit:
-            // look again soon, backing off towards the poll interval.
+            if !held_back {
+                self.idle_rounds = 0;
+                self.settled = true;
+                continue;
+            }
+            // Committed events are held back by an older transaction that
+            // is about to commit: look again soon, backing off towards the
+            // poll interval.
             let poll = self.store.poll_interval();
             let wait = if self.idle_rounds < 8 {
                 Duration::from_millis(1 << self.idle_rounds).min(poll)

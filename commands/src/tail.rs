@@ -21,7 +21,7 @@ use charter_domain::CommandId;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::store::{StoreLimits, Subscription};
+use crate::store::{StoreLimits, Subscription, TailRead};
 use crate::{
     AppendOutcome, EventStore, Position, RecordedEvent, Snapshot, StoreError, StreamAppend,
     StreamId, StreamVersion,
@@ -193,19 +193,19 @@ impl EventStore for TailedStore {
         self.inner.read_all(after, limit).await
     }
 
-    async fn read_tail(
-        &self,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_tail(&self, after: Position, limit: usize) -> Result<TailRead, StoreError> {
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .after(after, limit);
         match cached {
-            Some(events) => Ok(events),
-            None => self.inner.read_all(after, limit).await,
+            // The cache has no gaps: what it lacks comes with a tick.
+            Some(events) => Ok(TailRead {
+                events,
+                held_back: false,
+            }),
+            None => self.inner.read_tail(after, limit).await,
         }
     }
 

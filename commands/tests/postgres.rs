@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use charter_commands::postgres::PostgresStore;
 use charter_commands::store::StoreOptions;
 use charter_commands::{
-    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, StoreError, StreamId,
+    AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, StoreError,
+    StreamId,
 };
 use conformance::{Harness, RawRow};
 use support::{PgSchema, test_database_url};
@@ -313,4 +314,48 @@ async fn stores_of_two_processes_race_safely() {
         6,
         "one append per round"
     );
+}
+
+/// A read of the tail says when committed events wait behind an older
+/// transaction still open, so that followers look again only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reads_say_when_commits_are_held_back() {
+    let h = harness().await;
+    let store = h.store();
+    let empty = store.read_tail(Position::START, 100).await.unwrap();
+    assert!(empty.events.is_empty() && !empty.held_back, "{empty:?}");
+
+    // An older transaction takes its id, then a newer append commits.
+    let mut older = h.0.store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let newer = store
+        .append(
+            &StreamId::parse("held").unwrap(),
+            ExpectedVersion::NoStream,
+            &conformance::events(1),
+            &conformance::meta("acme"),
+        )
+        .await
+        .unwrap();
+    let held = store.read_tail(Position::START, 100).await.unwrap();
+    assert!(held.events.is_empty(), "read past an open transaction");
+    assert!(held.held_back, "the newer commit went unmentioned");
+
+    older.rollback().await.unwrap();
+    // Other tests' transactions may hold the horizon back for a moment.
+    let released = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let read = store.read_tail(Position::START, 100).await.unwrap();
+            if !read.events.is_empty() {
+                return read;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the commit never became readable");
+    assert_eq!(released.events[0].position, newer.first_position);
 }

@@ -257,6 +257,24 @@ spec:
         run["output"]["report"],
         json!({"words": 3, "reviewed": false})
     );
+    // Each node after the first was taken in hand by the worker that
+    // recorded the node before it (and the first by a free worker, as the
+    // run was started here), not queued.
+    let metrics = env
+        .http
+        .get(env.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let in_hand: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("charter_engine_tasks_in_hand_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(in_hand >= 2.0, "nodes taken in hand: {in_hand}\n{metrics}");
     let (status, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;

@@ -54,7 +54,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::sql::{self, to_i64, to_u64};
-use crate::store::{Snapshot, StoreOptions, prepare_parts, upcast_payload};
+use crate::store::{Snapshot, StoreOptions, TailRead, prepare_parts, upcast_payload};
 use crate::{
     AppendOutcome, CommandMeta, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
     StoreError, StoreLimits, StreamAppend, StreamId, StreamVersion,
@@ -187,11 +187,18 @@ impl PostgresStore {
                 announce.notify_one();
             }
         });
+        let own = uuid::Uuid::now_v7().simple().to_string();
         let tasks = vec![
-            tokio::spawn(listen(pool.clone(), channel.clone(), commits.clone())),
+            tokio::spawn(listen(
+                pool.clone(),
+                channel.clone(),
+                own.clone(),
+                commits.clone(),
+            )),
             tokio::spawn(announce_commits(
                 pool.clone(),
                 channel,
+                own,
                 Arc::clone(&announce),
             )),
             commit_task,
@@ -307,8 +314,9 @@ fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, Store
     }))
 }
 
-/// Follows `NOTIFY`s on the channel and ticks `commits` for each.
-async fn listen(pool: PgPool, channel: String, commits: watch::Sender<u64>) {
+/// Follows `NOTIFY`s on the channel and ticks `commits` for each one
+/// another store sent (this store's own commits tick at once).
+async fn listen(pool: PgPool, channel: String, own: String, commits: watch::Sender<u64>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match PgListener::connect_with(&pool).await {
@@ -320,6 +328,7 @@ async fn listen(pool: PgPool, channel: String, commits: watch::Sender<u64>) {
                     commits.send_modify(|n| *n = n.wrapping_add(1));
                     loop {
                         match listener.recv().await {
+                            Ok(notice) if notice.payload() == own => {}
                             Ok(_) => commits.send_modify(|n| *n = n.wrapping_add(1)),
                             Err(error) => {
                                 tracing::debug!(%error, "commit listener lost its connection");
@@ -337,12 +346,14 @@ async fn listen(pool: PgPool, channel: String, commits: watch::Sender<u64>) {
     }
 }
 
-/// Sends one `NOTIFY` per burst of local commits.
-async fn announce_commits(pool: PgPool, channel: String, announce: Arc<Notify>) {
+/// Sends one `NOTIFY` per burst of local commits, signed with this
+/// store's token so that its own listener can pass it by.
+async fn announce_commits(pool: PgPool, channel: String, own: String, announce: Arc<Notify>) {
     loop {
         announce.notified().await;
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&channel)
+            .bind(&own)
             .execute(&pool)
             .await
         {
@@ -464,6 +475,32 @@ impl EventStore for PostgresStore {
             events.push(self.decode(&row)?);
         }
         Ok(events)
+    }
+
+    async fn read_tail(&self, after: Position, limit: usize) -> Result<TailRead, StoreError> {
+        // The same read as `read_all`, and in the same snapshot whether a
+        // committed event lies at or past the horizon (its transaction
+        // done, an older one still open). With no event to return, the
+        // one row has only that answer.
+        let mut rows = sqlx::query(concat!(
+            "SELECT e.*, hz.held FROM (SELECT s.h, EXISTS (SELECT 1 FROM events WHERE position >= s.h) AS held FROM (SELECT ",
+            horizon!(),
+            " AS h) s) hz LEFT JOIN LATERAL (SELECT ",
+            event_columns!(),
+            " FROM events WHERE position > $1 AND position < hz.h ORDER BY position LIMIT $2) e ON true"
+        ))
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch(&self.pool);
+        let mut read = TailRead::default();
+        while let Some(row) = rows.try_next().await.map_err(StoreError::from_sqlx)? {
+            read.held_back = row.try_get(14).map_err(StoreError::from_sqlx)?;
+            let position: Option<i64> = row.try_get(0).map_err(StoreError::from_sqlx)?;
+            if position.is_some() {
+                read.events.push(self.decode(&row)?);
+            }
+        }
+        Ok(read)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

@@ -193,6 +193,7 @@ impl Application {
             ))),
             queue,
             running: Arc::default(),
+            in_hand: Arc::default(),
             workers: self.config.workers,
         });
         let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());

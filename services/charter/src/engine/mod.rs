@@ -13,6 +13,15 @@
 //! just another catch-up: every pending node is queued again, and workers
 //! drop what is already done. Every run event it folds is recorded in the
 //! run's in-memory trace ([`traces`]), which followers read.
+//!
+//! A node made ready by an append of this process need not wait for the
+//! queue: the worker that recorded the outcome before it, or a free worker
+//! when the run was started here, takes it in hand at once (before the
+//! driver hears of the append), and the driver queues only what no worker
+//! holds. The log keeps such a node scheduled until its claim is recorded,
+//! so a crash loses nothing: a driver starting again queues it, and with
+//! several processes the others' drivers queue it as they queue every
+//! node (a worker finding it claimed drops it).
 
 pub mod queue;
 pub mod start;
@@ -39,7 +48,7 @@ pub use traces::RunTraces;
 
 use crate::gateway::views::TraceEventView;
 use start::now_ms;
-use worker::{Running, Worker};
+use worker::{InHand, Running, Worker};
 
 /// This process's own run appends, handed to its driver at once instead
 /// of after the trip through the log tail (which waits for every older
@@ -52,6 +61,10 @@ pub struct RunFeed {
     /// Recorded at once, so that a follower asking right after the append
     /// that started a run finds its trace.
     traces: Arc<RunTraces>,
+    /// This process's workers and their free slots, once they run: a run
+    /// started here has its first node taken in hand when a slot is free.
+    /// (Weak: the workers hold the feed.)
+    workers: Arc<std::sync::OnceLock<(std::sync::Weak<Worker>, Arc<tokio::sync::Semaphore>)>>,
 }
 
 /// One run event as appended by this process, with what the store gave it.
@@ -87,7 +100,36 @@ pub type RunFeedReceiver = tokio::sync::mpsc::UnboundedReceiver<Fed>;
 impl RunFeed {
     pub fn new(traces: Arc<RunTraces>) -> (Self, RunFeedReceiver) {
         let (driver, receiver) = tokio::sync::mpsc::unbounded_channel();
-        (Self { driver, traces }, receiver)
+        (
+            Self {
+                driver,
+                traces,
+                workers: Arc::default(),
+            },
+            receiver,
+        )
+    }
+
+    /// Right after the append that started a run (and before the driver
+    /// hears of it): a free worker of this process takes its first ready
+    /// node in hand, instead of the driver queueing it.
+    pub fn hand_over(&self, run: &RunId) {
+        let Some((worker, slots)) = self.workers.get() else {
+            return;
+        };
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+            return;
+        };
+        let Some(task) = worker.take_next(run) else {
+            return;
+        };
+        tokio::spawn(async move {
+            worker.go_on(Some(task)).await;
+            drop(slot);
+        });
     }
 
     /// Hands the events one append of a run's stream recorded to the
@@ -135,20 +177,31 @@ impl RunFeed {
         charter_commands::CommandError<charter_domain::run::RunRejection>,
     > {
         let outcome = handler.handle_new::<Run>(id, command, meta).await?;
-        if !outcome.duplicate {
-            self.send(
-                id,
-                &charter_commands::joint::Share {
-                    stream_id: outcome.stream_id.clone(),
-                    events: outcome.events.clone(),
-                    stream_version: outcome.stream_version,
-                    position: outcome.position,
-                    recorded_at: outcome.recorded_at,
-                },
-                &meta.actor,
-            );
-        }
+        self.send_outcome(id, &outcome, &meta.actor);
         Ok(outcome)
+    }
+
+    /// Hands what one run command appended to the driver.
+    pub fn send_outcome(
+        &self,
+        id: &RunId,
+        outcome: &charter_commands::CommandOutcome<RunEvent>,
+        actor: &Actor,
+    ) {
+        if outcome.duplicate {
+            return;
+        }
+        self.send(
+            id,
+            &charter_commands::joint::Share {
+                stream_id: outcome.stream_id.clone(),
+                events: outcome.events.clone(),
+                stream_version: outcome.stream_version,
+                position: outcome.position,
+                recorded_at: outcome.recorded_at,
+            },
+            actor,
+        );
     }
 }
 
@@ -162,6 +215,8 @@ pub struct Engine {
     pub executor: Arc<Executor>,
     pub queue: Arc<dyn TaskQueue>,
     pub running: Arc<Running>,
+    /// Nodes this process's workers took without the queue.
+    pub in_hand: Arc<InHand>,
     /// Tasks executed at once by this process.
     pub workers: usize,
 }
@@ -238,9 +293,14 @@ impl Engine {
             executor: Arc::clone(&self.executor),
             running: Arc::clone(&self.running),
             feed: self.feed.clone(),
+            in_hand: Arc::clone(&self.in_hand),
             id,
         });
         let slots = Arc::new(tokio::sync::Semaphore::new(self.workers.max(1)));
+        let _ = self
+            .feed
+            .workers
+            .set((Arc::downgrade(&worker), Arc::clone(&slots)));
         let queue = Arc::clone(&self.queue);
         tasks.push(tokio::spawn(async move {
             let pull = async {
@@ -274,6 +334,12 @@ impl Engine {
         tokio::pin!(shutdown);
         let mut feed = self
             .feed_receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let mut returned = self
+            .in_hand
+            .returned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
@@ -342,6 +408,15 @@ impl Engine {
                         for id in touched {
                             self.act(&mut driver, &id).await;
                         }
+                    }
+                    Some(run) = async {
+                        match returned.as_mut() {
+                            Some(returned) => returned.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        // A node a worker had in hand goes onto the queue.
+                        driver.timers.entry(now_ms() + 1000).or_default().insert(run);
                     }
                     Some(task) = driver.failed_pushes.1.recv() => {
                         driver.queued.remove(&task);
@@ -424,6 +499,9 @@ impl Engine {
         attempt: u32,
         lease: i64,
     ) {
+        if lease == 0 && self.in_hand.holds(id, node, attempt) {
+            return;
+        }
         let task = Task {
             run: id.clone(),
             node: node.clone(),

@@ -4,7 +4,7 @@
 //! record, execute, and report the outcome as a command. A task that
 //! arrives twice, or for a node someone else holds, is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,12 +72,66 @@ impl Running {
     }
 }
 
+/// Nodes that workers of this process took straight from the append that
+/// made them ready (the outcome of the node before), instead of through
+/// the queue: the driver queues none of them while they are in hand. Each
+/// is still durable: the log holds it as scheduled until its claim is
+/// recorded, and a driver starting again queues whatever is pending. A
+/// node whose worker failed goes back to the driver, which queues it.
+pub struct InHand {
+    nodes: Mutex<HashSet<(RunId, NodeName, u32)>>,
+    back: tokio::sync::mpsc::UnboundedSender<RunId>,
+    /// Taken by the driver when it starts.
+    pub(super) returned: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunId>>>,
+}
+
+impl Default for InHand {
+    fn default() -> Self {
+        let (back, returned) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            nodes: Mutex::default(),
+            back,
+            returned: Mutex::new(Some(returned)),
+        }
+    }
+}
+
+impl InHand {
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashSet<(RunId, NodeName, u32)>> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a node's attempt; false when a worker already has it.
+    fn take(&self, run: &RunId, node: &NodeName, attempt: u32) -> bool {
+        self.nodes().insert((run.clone(), node.clone(), attempt))
+    }
+
+    fn release(&self, run: &RunId, node: &NodeName, attempt: u32) {
+        self.nodes().remove(&(run.clone(), node.clone(), attempt));
+    }
+
+    /// Whether a worker of this process has the node's attempt in hand.
+    pub fn holds(&self, run: &RunId, node: &NodeName, attempt: u32) -> bool {
+        self.nodes().contains(&(run.clone(), node.clone(), attempt))
+    }
+
+    /// A node in hand could not be done: the driver looks at its run
+    /// again in a moment, and queues it.
+    fn give_back(&self, task: &Task) {
+        self.release(&task.run, &task.node, task.attempt);
+        let _ = self.back.send(task.run.clone());
+    }
+}
+
 pub struct Worker {
     pub handler: CommandHandler,
     pub access: Arc<AccessIndex>,
     pub executor: Arc<Executor>,
     pub running: Arc<Running>,
     pub feed: super::RunFeed,
+    pub in_hand: Arc<InHand>,
     pub id: String,
 }
 
@@ -109,13 +163,74 @@ impl Worker {
             }
         };
         metrics::histogram!("charter_engine_task_seconds").record(began.elapsed().as_secs_f64());
-        match outcome {
-            Ok(()) => delivery.ack().await,
+        let next = match outcome {
+            Ok(next) => {
+                delivery.ack().await;
+                next
+            }
             Err(error) => {
                 tracing::warn!(run = %task.run, node = %task.node, %error, "a task failed; it will be retried");
                 delivery.retry_later(Duration::from_secs(1)).await;
+                None
+            }
+        };
+        self.go_on(next).await;
+    }
+
+    /// Does the tasks taken in hand, one after the other: each outcome may
+    /// make the next node ready, taken at once without the trip through the
+    /// queue.
+    pub(super) async fn go_on(&self, mut next: Option<Task>) {
+        while let Some(task) = next.take() {
+            metrics::counter!("charter_engine_tasks_in_hand_total").increment(1);
+            let began = std::time::Instant::now();
+            let outcome = self.execute(&task).await;
+            metrics::histogram!("charter_engine_task_seconds")
+                .record(began.elapsed().as_secs_f64());
+            match outcome {
+                Ok(following) => {
+                    self.in_hand.release(&task.run, &task.node, task.attempt);
+                    next = following;
+                }
+                Err(error) => {
+                    tracing::warn!(run = %task.run, node = %task.node, %error, "a task failed; it goes onto the queue");
+                    self.in_hand.give_back(&task);
+                }
             }
         }
+    }
+
+    /// The first node of the run that is ready now, when it calls a tool
+    /// and no worker has it yet: taken in hand (from the state this
+    /// process just appended), before the driver hears of the append that
+    /// made it ready.
+    pub(super) fn take_next(&self, run: &RunId) -> Option<Task> {
+        let stream = charter_commands::StreamId::for_aggregate::<Run>(run).ok()?;
+        let (cached, _) = self.handler.cache().get::<Run>(Run::KIND, &stream)?;
+        let state = cached.0.as_deref()?;
+        if state.status.is_final() {
+            return None;
+        }
+        let calls_tool = |node: &NodeName| {
+            state
+                .plan
+                .spec
+                .nodes
+                .iter()
+                .any(|n| n.name == *node && matches!(n.kind(), Some(NodeKind::Tool(..))))
+        };
+        let (node, attempt, _) = state
+            .due(now_ms())
+            .dispatch
+            .into_iter()
+            .find(|(node, _, lease)| *lease == 0 && calls_tool(node))?;
+        self.in_hand.take(run, &node, attempt).then(|| Task {
+            run: run.clone(),
+            node,
+            attempt,
+            lease: 0,
+            epoch: 0,
+        })
     }
 
     /// Claims a node; false when someone else holds it or it is done.
@@ -131,14 +246,20 @@ impl Worker {
         }
     }
 
-    async fn report(&self, run: &RunId, command: RunCommand) -> anyhow::Result<()> {
+    /// Records a node's outcome; answers the node it made ready, taken in
+    /// hand.
+    async fn report(&self, run: &RunId, command: RunCommand) -> anyhow::Result<Option<Task>> {
         match self
-            .feed
-            .handle(&self.handler, run, &command, &meta(run, Run::KIND))
+            .handler
+            .handle_new::<Run>(run, &command, &meta(run, Run::KIND))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(error) if superseded(&error) => Ok(()),
+            Ok(outcome) => {
+                let next = self.take_next(run);
+                self.feed.send_outcome(run, &outcome, &Actor::system());
+                Ok(next)
+            }
+            Err(error) if superseded(&error) => Ok(None),
             Err(error) => Err(anyhow::anyhow!("recording a node's outcome: {error}")),
         }
     }
@@ -154,16 +275,17 @@ impl Worker {
         Ok(wants(&run, task, now_ms()).map(|input| (run, input)))
     }
 
-    async fn execute(&self, task: &Task) -> anyhow::Result<()> {
+    /// Does a task; answers the node its outcome made ready, taken in hand.
+    async fn execute(&self, task: &Task) -> anyhow::Result<Option<Task>> {
         let Some((run, input)) = self.wanted(task).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(state) = run.0.as_deref() else {
-            return Ok(());
+            return Ok(None);
         };
         let now = now_ms();
         let Some(spec) = state.plan.spec.nodes.iter().find(|n| n.name == task.node) else {
-            return Ok(());
+            return Ok(None);
         };
         match spec.kind() {
             Some(NodeKind::Tool(..)) => self.call_tool(state, spec, task, input).await,
@@ -178,7 +300,7 @@ impl Worker {
                     now,
                 };
                 if !self.claim(&task.run, claim).await? {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let started = start_run(
                     &self.handler,
@@ -196,24 +318,25 @@ impl Worker {
                 )
                 .await;
                 if let Err(error) = started {
-                    self.report(
-                        &task.run,
-                        RunCommand::Fail {
-                            node: task.node.clone(),
-                            attempt: task.attempt,
-                            failure: NodeFailure {
-                                code: error.code.to_string(),
-                                message: error.message,
-                                retryable: false,
+                    return self
+                        .report(
+                            &task.run,
+                            RunCommand::Fail {
+                                node: task.node.clone(),
+                                attempt: task.attempt,
+                                failure: NodeFailure {
+                                    code: error.code.to_string(),
+                                    message: error.message,
+                                    retryable: false,
+                                },
+                                now: now_ms(),
                             },
-                            now: now_ms(),
-                        },
-                    )
-                    .await?;
+                        )
+                        .await;
                 }
-                Ok(())
+                Ok(None)
             }
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
 
@@ -223,7 +346,7 @@ impl Worker {
         spec: &NodeSpec,
         task: &Task,
         input: Value,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Task>> {
         let org = &task.run.org;
         let fail = |code: &str, message: String| RunCommand::Fail {
             node: task.node.clone(),
@@ -426,20 +549,20 @@ impl Worker {
                 decide,
             )
             .await;
-        let settled = match outcome {
+        match outcome {
             Ok(outcome) => {
+                let next = outcome.value.then(|| self.take_next(&task.run)).flatten();
                 self.feed.send(&task.run, &outcome.second, &Actor::system());
-                outcome.value
+                if outcome.value {
+                    return Ok(next);
+                }
             }
             Err(CommandError::Rejected(Refusal::Run(rejection)))
                 if superseded(&CommandError::Rejected(rejection.clone())) =>
             {
-                return Ok(());
+                return Ok(None);
             }
             Err(error) => return Err(anyhow::anyhow!("claiming a node: {error}")),
-        };
-        if settled {
-            return Ok(());
         }
 
         let stopped = self.running.register(&task.run, &task.node);
@@ -450,7 +573,7 @@ impl Worker {
         self.running.forget(&task.run, &task.node);
         let command = match outcome {
             // The run ended while the call ran; nothing to report.
-            None => return Ok(()),
+            None => return Ok(None),
             Some(result) => outcome_command(task, result),
         };
         self.report(&task.run, command).await
