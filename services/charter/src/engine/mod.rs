@@ -254,6 +254,11 @@ impl Default for Driver {
 }
 
 impl Driver {
+    /// The last stream version folded of a run.
+    fn folded(&self, id: &RunId) -> u64 {
+        self.versions.get(id).copied().unwrap_or(0)
+    }
+
     /// Folds one event of a run unless that version is already folded;
     /// says whether it was.
     fn fold(&mut self, id: &RunId, version: u64, event: &RunEvent) -> bool {
@@ -372,6 +377,14 @@ impl Engine {
                                 continue;
                             }
                             let Some(id) = run_id_of(event.stream_id.as_str()) else { continue };
+                            let delay = chrono::Utc::now() - event.recorded_at;
+                            metrics::histogram!("charter_engine_event_delay_seconds")
+                                .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                            // This process's own appends were fed already:
+                            // they need no decoding.
+                            if driver.folded(&id) >= event.version.0 {
+                                continue;
+                            }
                             let domain: RunEvent = match event.to_domain() {
                                 Ok(domain) => domain,
                                 Err(error) => {
@@ -379,9 +392,6 @@ impl Engine {
                                     continue;
                                 }
                             };
-                            let delay = chrono::Utc::now() - event.recorded_at;
-                            metrics::histogram!("charter_engine_event_delay_seconds")
-                                .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
                             if driver.fold(&id, event.version.0, &domain) {
                                 self.traces.record(&id, TraceEventView::from_recorded(event));
                                 touched.insert(id);
