@@ -723,6 +723,78 @@ async fn runs_on_postgres_and_jetstream() {
     scenario(&env).await;
 }
 
+/// One worker slot, many runs started at once: a run whose first node
+/// calls a process waits for the slot on the queue, one whose nodes call
+/// built-ins runs in hand without it, and every run completes.
+async fn one_slot(env: &Env) {
+    let root = env.token("root", "1h");
+    let (status, body) = env.apply(&root, ACME, "").await;
+    assert_eq!(status, 200, "{body}");
+    let tools = [WORDCOUNT, ECHO].join("\n---\n");
+    let (status, body) = env.apply(&root, &tools, "").await;
+    assert_eq!(status, 200, "{body}");
+    for (tool, version) in [("text.wordcount", "1.0.0"), ("util.echo", "1")] {
+        let (status, body) = env
+            .post(
+                &root,
+                &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let echoes = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: echoes, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: a, tool: util.echo, input: {n: "input.n"}}
+    - {name: b, needs: [a], tool: util.echo, input: {n: "nodes.a.output.n + 1"}}
+  output: "nodes.b.output.n"
+"#;
+    for manifest in [REPORT, echoes] {
+        let (status, body) = env.apply(&root, manifest, "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut started = Vec::new();
+    for i in 0..6 {
+        started.push((
+            "text-report",
+            i,
+            start(env, &root, "text-report", json!({"text": "a b c"})).await,
+        ));
+        started.push((
+            "echoes",
+            i,
+            start(env, &root, "echoes", json!({"n": i})).await,
+        ));
+    }
+    for (workflow, i, id) in started {
+        let run = finished(env, &root, &id).await;
+        assert_eq!(run["status"], "succeeded", "{workflow} {i}: {run}");
+        match workflow {
+            "echoes" => assert_eq!(run["output"], json!(i + 1), "{run}"),
+            _ => assert_eq!(run["output"]["words"], 3, "{run}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_slot_serves_many_runs_embedded() {
+    let env = Env::start(TempDir::new(), vec![("CHARTER_WORKERS", "1".to_owned())]);
+    one_slot(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_slot_serves_many_runs_on_postgres_and_jetstream() {
+    let (_schema, _stream, mut settings) = postgres_and_jetstream("oneslot");
+    settings.push(("CHARTER_WORKERS", "1".to_owned()));
+    let env = Env::start(TempDir::new(), settings);
+    one_slot(&env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_workflow_prints_its_figures() {
     let env = Env::start(TempDir::new(), vec![]);

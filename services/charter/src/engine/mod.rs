@@ -112,7 +112,10 @@ impl RunFeed {
 
     /// Right after the append that started a run (and before the driver
     /// hears of it): a free worker of this process takes its first ready
-    /// node in hand, instead of the driver queueing it.
+    /// node in hand, instead of the driver queueing it. A node calling a
+    /// built-in tool needs no free worker slot (slots bound the calls that
+    /// run processes or go out to the network); the nodes after it then
+    /// run here only while they call built-ins too.
     pub fn hand_over(&self, run: &RunId) {
         let Some((worker, slots)) = self.workers.get() else {
             return;
@@ -120,14 +123,18 @@ impl RunFeed {
         let Some(worker) = worker.upgrade() else {
             return;
         };
-        let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
-            return;
-        };
+        let slot = Arc::clone(slots).try_acquire_owned().ok();
         let Some(task) = worker.take_next(run) else {
             return;
         };
+        if slot.is_none() && !worker.is_builtin(&task) {
+            // The driver, told of the start next, queues it.
+            worker.in_hand.release(&task.run, &task.node, task.attempt);
+            return;
+        }
         tokio::spawn(async move {
-            worker.go_on(Some(task)).await;
+            let slotted = slot.is_some();
+            worker.go_on(Some(task), slotted).await;
             drop(slot);
         });
     }
@@ -419,14 +426,14 @@ impl Engine {
                             self.act(&mut driver, &id).await;
                         }
                     }
-                    Some(run) = async {
+                    Some((run, at)) = async {
                         match returned.as_mut() {
                             Some(returned) => returned.recv().await,
                             None => std::future::pending().await,
                         }
                     } => {
                         // A node a worker had in hand goes onto the queue.
-                        driver.timers.entry(now_ms() + 1000).or_default().insert(run);
+                        driver.timers.entry(at).or_default().insert(run);
                     }
                     Some(task) = driver.failed_pushes.1.recv() => {
                         driver.queued.remove(&task);

@@ -80,9 +80,9 @@ impl Running {
 /// node whose worker failed goes back to the driver, which queues it.
 pub struct InHand {
     nodes: Mutex<HashSet<(RunId, NodeName, u32)>>,
-    back: tokio::sync::mpsc::UnboundedSender<RunId>,
-    /// Taken by the driver when it starts.
-    pub(super) returned: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunId>>>,
+    back: tokio::sync::mpsc::UnboundedSender<(RunId, i64)>,
+    /// Runs to look at again, and when; taken by the driver when it starts.
+    pub(super) returned: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(RunId, i64)>>>,
 }
 
 impl Default for InHand {
@@ -108,7 +108,7 @@ impl InHand {
         self.nodes().insert((run.clone(), node.clone(), attempt))
     }
 
-    fn release(&self, run: &RunId, node: &NodeName, attempt: u32) {
+    pub(super) fn release(&self, run: &RunId, node: &NodeName, attempt: u32) {
         self.nodes().remove(&(run.clone(), node.clone(), attempt));
     }
 
@@ -117,11 +117,11 @@ impl InHand {
         self.nodes().contains(&(run.clone(), node.clone(), attempt))
     }
 
-    /// A node in hand could not be done: the driver looks at its run
-    /// again in a moment, and queues it.
-    fn give_back(&self, task: &Task) {
+    /// A node in hand is not done here: the driver looks at its run again
+    /// after `delay_ms`, and queues it.
+    fn give_back(&self, task: &Task, delay_ms: i64) {
         self.release(&task.run, &task.node, task.attempt);
-        let _ = self.back.send(task.run.clone());
+        let _ = self.back.send((task.run.clone(), now_ms() + delay_ms));
     }
 }
 
@@ -174,14 +174,47 @@ impl Worker {
                 None
             }
         };
-        self.go_on(next).await;
+        self.go_on(next, true).await;
+    }
+
+    /// Whether a task's node calls a built-in tool (answered inline, with
+    /// no process or connection of its own), as far as this process's
+    /// cache knows.
+    pub(super) fn is_builtin(&self, task: &Task) -> bool {
+        let cache = self.handler.cache();
+        let Some((run, _)) = charter_commands::StreamId::for_aggregate::<Run>(&task.run)
+            .ok()
+            .and_then(|stream| cache.get::<Run>(Run::KIND, &stream))
+        else {
+            return false;
+        };
+        let Some(pinned) = run.0.as_deref().and_then(|s| s.plan.tools.get(&task.node)) else {
+            return false;
+        };
+        let tool_id = Scoped::new(task.run.org.clone(), pinned.name.clone());
+        charter_commands::StreamId::for_aggregate::<Tool>(&tool_id)
+            .ok()
+            .and_then(|stream| cache.get::<Tool>(Tool::KIND, &stream))
+            .and_then(|(tool, _)| {
+                tool.0
+                    .as_ref()
+                    .and_then(|t| t.runnable(Some(&pinned.version)).ok())
+                    .map(|v| Executor::runs_inline(&v.spec))
+            })
+            .unwrap_or(false)
     }
 
     /// Does the tasks taken in hand, one after the other: each outcome may
     /// make the next node ready, taken at once without the trip through the
     /// queue.
-    pub(super) async fn go_on(&self, mut next: Option<Task>) {
+    /// Without a worker slot (`slotted` false) only built-in tools run
+    /// here: any other node goes to the queue.
+    pub(super) async fn go_on(&self, mut next: Option<Task>, slotted: bool) {
         while let Some(task) = next.take() {
+            if !slotted && !self.is_builtin(&task) {
+                self.in_hand.give_back(&task, 0);
+                return;
+            }
             metrics::counter!("charter_engine_tasks_in_hand_total").increment(1);
             let began = std::time::Instant::now();
             let outcome = self.execute(&task).await;
@@ -194,7 +227,7 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::warn!(run = %task.run, node = %task.node, %error, "a task failed; it goes onto the queue");
-                    self.in_hand.give_back(&task);
+                    self.in_hand.give_back(&task, 1000);
                 }
             }
         }
