@@ -2,7 +2,8 @@
 //! checks (the starter's authorization for this tool version, the
 //! contract's charge, the input schema), claim the node with the checks on
 //! record, execute, and report the outcome as a command. A task that
-//! arrives twice, or for a node someone else holds, is dropped.
+//! arrives twice, or for a node someone else holds, is dropped. The node
+//! an outcome makes ready is taken in hand at once ([`InHand`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -204,9 +205,10 @@ impl Worker {
             .unwrap_or(false)
     }
 
-    /// Does the tasks taken in hand, one after the other: each outcome may
+    /// Runs the tasks taken in hand, one after the other: each outcome may
     /// make the next node ready, taken at once without the trip through the
     /// queue.
+    ///
     /// Without a worker slot (`slotted` false) only built-in tools run
     /// here: any other node goes to the queue.
     pub(super) async fn go_on(&self, mut next: Option<Task>, slotted: bool) {
