@@ -73,9 +73,10 @@ impl Running {
     }
 }
 
-/// Nodes that workers of this process took straight from the append that
-/// made them ready (the outcome of the node before), instead of through
-/// the queue: the driver queues none of them while they are in hand. Each
+/// Node attempts a worker of this process is doing, and those that workers
+/// took straight from the append that made them ready (the outcome of the
+/// node before), instead of through the queue: the driver queues none of
+/// them while they are in hand, and a queued task for one is dropped. Each
 /// is still durable: the log holds it as scheduled until its claim is
 /// recorded, and a driver starting again queues whatever is pending. A
 /// node whose worker failed goes back to the driver, which queues it.
@@ -153,6 +154,14 @@ fn superseded(error: &CommandError<RunRejection>) -> bool {
 impl Worker {
     pub async fn handle(&self, delivery: Delivery) {
         let task = delivery.task.clone();
+        // The workers of a process share one name, under which a claim of
+        // a node they already hold would pass: one node attempt is done by
+        // one of them at a time, and a task for an attempt another one has
+        // (in hand, or from the queue) is dropped.
+        if !self.in_hand.take(&task.run, &task.node, task.attempt) {
+            delivery.ack().await;
+            return;
+        }
         let began = std::time::Instant::now();
         let work = self.execute(&task);
         tokio::pin!(work);
@@ -164,6 +173,7 @@ impl Worker {
             }
         };
         metrics::histogram!("charter_engine_task_seconds").record(began.elapsed().as_secs_f64());
+        self.in_hand.release(&task.run, &task.node, task.attempt);
         let next = match outcome {
             Ok(next) => {
                 delivery.ack().await;
