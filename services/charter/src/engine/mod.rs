@@ -128,8 +128,9 @@ impl RunFeed {
             return;
         };
         if slot.is_none() && !worker.is_builtin(&task) {
-            // The driver, told of the start next, queues it.
-            worker.in_hand.release(&task.run, &task.node, task.attempt);
+            // Back to the driver, which queues it (it may have seen the
+            // start in the log already, and passed the node by as held).
+            worker.in_hand.give_back(&task, 0);
             return;
         }
         tokio::spawn(async move {

@@ -121,7 +121,7 @@ impl InHand {
 
     /// A node in hand is not done here: the driver looks at its run again
     /// after `delay_ms`, and queues it.
-    fn give_back(&self, task: &Task, delay_ms: i64) {
+    pub(super) fn give_back(&self, task: &Task, delay_ms: i64) {
         self.release(&task.run, &task.node, task.attempt);
         let _ = self.back.send((task.run.clone(), now_ms() + delay_ms));
     }
@@ -156,10 +156,11 @@ impl Worker {
         let task = delivery.task.clone();
         // The workers of a process share one name, under which a claim of
         // a node they already hold would pass: one node attempt is done by
-        // one of them at a time, and a task for an attempt another one has
-        // (in hand, or from the queue) is dropped.
+        // one of them at a time. A task for an attempt another one has (in
+        // hand, or from the queue) comes back a little later: by then it is
+        // done, and dropped, or given back, and done.
         if !self.in_hand.take(&task.run, &task.node, task.attempt) {
-            delivery.ack().await;
+            delivery.retry_later(Duration::from_millis(500)).await;
             return;
         }
         let began = std::time::Instant::now();
