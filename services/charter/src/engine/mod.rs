@@ -110,34 +110,50 @@ impl RunFeed {
         )
     }
 
-    /// Right after the append that started a run (and before the driver
-    /// hears of it): a free worker of this process takes its first ready
-    /// node in hand, instead of the driver queueing it. A node calling a
-    /// built-in tool needs no free worker slot (slots bound the calls that
-    /// run processes or go out to the network); the nodes after it then
-    /// run here only while they call built-ins too.
-    pub fn hand_over(&self, run: &RunId) {
-        let Some((worker, slots)) = self.workers.get() else {
-            return;
-        };
-        let Some(worker) = worker.upgrade() else {
-            return;
-        };
+    /// Hands the events of the append that started a run to the driver,
+    /// and a free worker of this process takes its first ready node in
+    /// hand (taken before the driver hears of the start, so that it does
+    /// not queue it; set going after, so that the node's events follow the
+    /// start's). A node calling a built-in tool needs no free worker slot
+    /// (slots bound the calls that run processes or go out to the network);
+    /// the nodes after it then run here only while they call built-ins too.
+    pub fn send_and_hand_over(
+        &self,
+        id: &RunId,
+        share: &charter_commands::joint::Share<RunEvent>,
+        actor: &Actor,
+    ) {
+        let handed = self.take_first(id);
+        self.send(id, share, actor);
+        if let Some((worker, task, slot)) = handed {
+            tokio::spawn(async move {
+                let slotted = slot.is_some();
+                worker.go_on(Some(task), slotted).await;
+                drop(slot);
+            });
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take_first(
+        &self,
+        run: &RunId,
+    ) -> Option<(
+        Arc<Worker>,
+        queue::Task,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    )> {
+        let (worker, slots) = self.workers.get()?;
+        let worker = worker.upgrade()?;
         let slot = Arc::clone(slots).try_acquire_owned().ok();
-        let Some(task) = worker.take_next(run) else {
-            return;
-        };
+        let task = worker.take_next(run)?;
         if slot.is_none() && !worker.is_builtin(&task) {
             // Back to the driver, which queues it (it may have seen the
             // start in the log already, and passed the node by as held).
             worker.in_hand.give_back(&task, 0);
-            return;
+            return None;
         }
-        tokio::spawn(async move {
-            let slotted = slot.is_some();
-            worker.go_on(Some(task), slotted).await;
-            drop(slot);
-        });
+        Some((worker, task, slot))
     }
 
     /// Hands the events one append of a run's stream recorded to the
@@ -419,6 +435,13 @@ impl Engine {
                         let mut next = Some(fed);
                         while let Some(fed) = next {
                             if driver.fold(&fed.run, fed.version, &fed.event) {
+                                // Appends of one run sent from two tasks at
+                                // once may have reached the trace out of
+                                // order (and been passed by); the driver
+                                // folds in order, and fills the gap.
+                                if self.traces.recorded(&fed.run) < fed.version {
+                                    self.traces.record(&fed.run, fed.view());
+                                }
                                 touched.insert(fed.run);
                             }
                             next = feed.as_mut().and_then(|f| f.try_recv().ok());

@@ -195,8 +195,7 @@ pub async fn start_run(
             },
         )
         .await?;
-    feed.hand_over(&request.run);
-    feed.send(&request.run, &outcome.second, &request.by);
+    feed.send_and_hand_over(&request.run, &outcome.second, &request.by);
     Ok(Started {
         run: request.run,
         position: outcome.second.position,

@@ -79,6 +79,14 @@ impl RunTraces {
         trace.version.send_replace(next);
     }
 
+    /// The last version of the run's trace held here (0 for none).
+    pub fn recorded(&self, run: &RunId) -> u64 {
+        self.lock()
+            .runs
+            .get(run)
+            .map_or(0, |trace| trace.events.len() as u64)
+    }
+
     /// The run ended: its trace may be dropped once it is among the oldest
     /// ended ones beyond the capacity.
     pub fn ended(&self, run: &RunId) {
