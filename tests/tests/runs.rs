@@ -70,6 +70,20 @@ async fn start_in(
     started["id"].as_str().unwrap().to_owned()
 }
 
+/// Approves tool versions in acme.
+async fn approve_tools(env: &Env, token: &str, versions: &[(&str, &str)]) {
+    for (tool, version) in versions {
+        let (status, body) = env
+            .post(
+                token,
+                &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// A run's event types from the GraphQL subscription, until it ends.
 async fn subscribe(env: &Env, token: &str, id: &str) -> Vec<String> {
     use futures::{SinkExt, StreamExt};
@@ -196,16 +210,12 @@ async fn scenario(env: &Env) {
     let tools = [WORDCOUNT, ECHO, UPTIME].join("\n---\n");
     let (status, body) = env.apply(&root, &tools, "").await;
     assert_eq!(status, 200, "{body}");
-    for (tool, version) in [("text.wordcount", "1.0.0"), ("util.echo", "1")] {
-        let (status, body) = env
-            .post(
-                &root,
-                &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    approve_tools(
+        env,
+        &root,
+        &[("text.wordcount", "1.0.0"), ("util.echo", "1")],
+    )
+    .await;
 
     // A broken definition: every problem at once, nothing stored.
     let before = env.events();
@@ -443,16 +453,7 @@ spec:
     let flaky = flaky.replace("PIDFILE_PATH", pidfile.to_str().unwrap());
     let (status, body) = env.apply(&root, &flaky, "").await;
     assert_eq!(status, 200, "{body}");
-    for tool in ["test.flaky", "test.sleepy"] {
-        let (status, body) = env
-            .post(
-                &root,
-                &format!("/v1/orgs/acme/tools/{tool}/versions/1/approve"),
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    approve_tools(env, &root, &[("test.flaky", "1"), ("test.sleepy", "1")]).await;
     let flows = r#"
 apiVersion: charter.dev/v1
 kind: Workflow
@@ -733,16 +734,12 @@ async fn one_slot(env: &Env) {
     let tools = [WORDCOUNT, ECHO].join("\n---\n");
     let (status, body) = env.apply(&root, &tools, "").await;
     assert_eq!(status, 200, "{body}");
-    for (tool, version) in [("text.wordcount", "1.0.0"), ("util.echo", "1")] {
-        let (status, body) = env
-            .post(
-                &root,
-                &format!("/v1/orgs/acme/tools/{tool}/versions/{version}/approve"),
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    approve_tools(
+        env,
+        &root,
+        &[("text.wordcount", "1.0.0"), ("util.echo", "1")],
+    )
+    .await;
     let echoes = r#"
 apiVersion: charter.dev/v1
 kind: Workflow
