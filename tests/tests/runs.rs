@@ -70,6 +70,21 @@ async fn start_in(
     started["id"].as_str().unwrap().to_owned()
 }
 
+/// The acme org and these tool manifests, with the word count and echo
+/// tools approved.
+async fn acme_with_tools(env: &Env, root: &str, tools: &[&str]) {
+    let (status, body) = env.apply(root, ACME, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.apply(root, &tools.join("\n---\n"), "").await;
+    assert_eq!(status, 200, "{body}");
+    approve_tools(
+        env,
+        root,
+        &[("text.wordcount", "1.0.0"), ("util.echo", "1")],
+    )
+    .await;
+}
+
 /// Approves tool versions in acme.
 async fn approve_tools(env: &Env, token: &str, versions: &[(&str, &str)]) {
     for (tool, version) in versions {
@@ -205,17 +220,7 @@ fn trace_types(trace: &Value) -> Vec<String> {
 async fn scenario(env: &Env) {
     let root = env.token("root", "1h");
     let planner = env.token("acme:planner", "1h");
-    let (status, body) = env.apply(&root, ACME, "").await;
-    assert_eq!(status, 200, "{body}");
-    let tools = [WORDCOUNT, ECHO, UPTIME].join("\n---\n");
-    let (status, body) = env.apply(&root, &tools, "").await;
-    assert_eq!(status, 200, "{body}");
-    approve_tools(
-        env,
-        &root,
-        &[("text.wordcount", "1.0.0"), ("util.echo", "1")],
-    )
-    .await;
+    acme_with_tools(env, &root, &[WORDCOUNT, ECHO, UPTIME]).await;
 
     // A broken definition: every problem at once, nothing stored.
     let before = env.events();
@@ -729,17 +734,7 @@ async fn runs_on_postgres_and_jetstream() {
 /// built-ins runs in hand without it, and every run completes.
 async fn one_slot(env: &Env) {
     let root = env.token("root", "1h");
-    let (status, body) = env.apply(&root, ACME, "").await;
-    assert_eq!(status, 200, "{body}");
-    let tools = [WORDCOUNT, ECHO].join("\n---\n");
-    let (status, body) = env.apply(&root, &tools, "").await;
-    assert_eq!(status, 200, "{body}");
-    approve_tools(
-        env,
-        &root,
-        &[("text.wordcount", "1.0.0"), ("util.echo", "1")],
-    )
-    .await;
+    acme_with_tools(env, &root, &[WORDCOUNT, ECHO]).await;
     let echoes = r#"
 apiVersion: charter.dev/v1
 kind: Workflow

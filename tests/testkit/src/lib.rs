@@ -36,26 +36,29 @@ impl ScratchSchema {
 impl Drop for ScratchSchema {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // On its own thread with its own runtime: the test's runtime may be
-        // shutting down, or this may run outside any runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
-                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
+        clean_up(async move {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&test_database_url()).await {
+                let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
     }
+}
+
+/// Runs a clean-up to its end on a thread and runtime of its own: the
+/// test's runtime may be shutting down, or a drop may run outside any.
+fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(work);
+        }
+    })
+    .join();
 }
 
 /// JetStream streams a test's server creates (its events stream and its
@@ -83,25 +86,15 @@ impl std::ops::Deref for ScratchStreams {
 impl Drop for ScratchStreams {
     fn drop(&mut self) {
         let names = [self.name.clone(), format!("{}_TASKS", self.name)];
-        // As for schemas: a thread and a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        clean_up(async move {
+            let Ok(client) = async_nats::connect(test_nats_url()).await else {
                 return;
             };
-            runtime.block_on(async {
-                let Ok(client) = async_nats::connect(test_nats_url()).await else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(client);
-                for name in names {
-                    let _ = js.delete_stream(&name).await;
-                }
-            });
-        })
-        .join();
+            let js = async_nats::jetstream::new(client);
+            for name in names {
+                let _ = js.delete_stream(&name).await;
+            }
+        });
     }
 }
 

@@ -67,6 +67,10 @@ pub struct RunFeed {
     workers: Arc<std::sync::OnceLock<(std::sync::Weak<Worker>, Arc<tokio::sync::Semaphore>)>>,
 }
 
+/// A node taken in hand: its worker, its task, and the worker slot it
+/// holds (none for a built-in taken without one).
+type Handed = (Arc<Worker>, Task, Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// One run event as appended by this process, with what the store gave it.
 pub struct Fed {
     pub run: RunId,
@@ -134,15 +138,7 @@ impl RunFeed {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn take_first(
-        &self,
-        run: &RunId,
-    ) -> Option<(
-        Arc<Worker>,
-        queue::Task,
-        Option<tokio::sync::OwnedSemaphorePermit>,
-    )> {
+    fn take_first(&self, run: &RunId) -> Option<Handed> {
         let (worker, slots) = self.workers.get()?;
         let worker = worker.upgrade()?;
         let slot = Arc::clone(slots).try_acquire_owned().ok();
