@@ -335,6 +335,16 @@ pub enum RunEvent {
     },
 }
 
+impl RunEvent {
+    /// Whether the run records nothing after this event.
+    pub fn ends_run(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed { .. } | Self::Failed { .. } | Self::Cancelled { .. }
+        )
+    }
+}
+
 impl DomainEvent for RunEvent {
     fn event_type(&self) -> &'static str {
         match self {

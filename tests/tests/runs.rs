@@ -627,6 +627,44 @@ spec:
         "the child run names its parent: {runs}"
     );
 
+    // The trace long-poll with `until=end`: one answer, once the run's
+    // last event is there, however many came while it waited.
+    let id = start(env, &root, "parent", json!({"text": "a b c"})).await;
+    let events = format!("/v1/orgs/acme/runs/{id}/events");
+    let (status, trace) = env
+        .get(&format!("{events}?after=1&until=end&waitMs=30000"), &root)
+        .await;
+    assert_eq!(status, 200, "{trace}");
+    let trace = trace.as_array().unwrap().clone();
+    let versions: Vec<u64> = trace
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    let last = *versions.last().unwrap();
+    assert_eq!(versions, (2..=last).collect::<Vec<_>>(), "{trace:?}");
+    assert_eq!(trace.last().unwrap()["type"], "Completed", "{trace:?}");
+    assert!(trace.iter().any(|e| e["type"] == "TimerFired"), "{trace:?}");
+    // After the last event there is nothing to wait for.
+    let asked = Instant::now();
+    let (status, rest) = env
+        .get(
+            &format!("{events}?after={last}&until=end&waitMs=30000"),
+            &root,
+        )
+        .await;
+    assert_eq!((status, rest), (200, json!([])));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "it did not wait out the 30 s"
+    );
+    // `limit` still bounds the answer.
+    let (_, first) = env
+        .get(&format!("{events}?until=end&limit=2&waitMs=30000"), &root)
+        .await;
+    assert_eq!(first.as_array().unwrap().len(), 2, "{first}");
+    let (status, body) = env.get(&format!("{events}?until=never"), &root).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+
     // GraphQL: start a run, follow it live over the subscription and over
     // the REST WebSocket, then read it with its trace and contract.
     let answer = env

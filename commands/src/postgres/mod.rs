@@ -76,6 +76,10 @@ fn migrator() -> Migrator {
             "read model index by org",
             include_str!("../../../schema/migrations/postgres/0003_read_model_index.sql"),
         ),
+        (
+            "read model pages with room for updates",
+            include_str!("../../../schema/migrations/postgres/0004_read_model_fillfactor.sql"),
+        ),
     ])
 }
 

@@ -6,8 +6,9 @@
 //! that may run workflows and call `bench.*` tools, an API key for it, the
 //! built-in no-op tool `bench.noop` (approved) and a workflow of `--steps`
 //! sequential calls to it. Each of `--concurrency` tasks then starts a run
-//! and follows its trace (the server's long-poll, woken by commits) until
-//! it completes, then starts the next. Every run is durable: each step is
+//! and follows its trace until it completes (the server's long-poll with
+//! `until=end`, woken by commits, answers once the run's last event is
+//! there), then starts the next. Every run is durable: each step is
 //! scheduled, queued, claimed, charged to the run's contract and recorded.
 //!
 //! `charter bench tool-call` measures, in process, what the executor adds
@@ -143,7 +144,11 @@ spec:
                         let response = http
                             .get(&events_url)
                             .bearer_auth(&*key)
-                            .query(&[("after", after.to_string()), ("waitMs", "10000".into())])
+                            .query(&[
+                                ("after", after.to_string()),
+                                ("waitMs", "10000".into()),
+                                ("until", "end".into()),
+                            ])
                             .send()
                             .await?;
                         let events: Value = response.json().await?;

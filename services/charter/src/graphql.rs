@@ -389,6 +389,7 @@ impl RunView {
                 after.unwrap_or(0),
                 500,
                 std::time::Duration::ZERO,
+                false,
             )
             .await
             .map_err(error)

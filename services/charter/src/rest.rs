@@ -105,7 +105,7 @@ impl Modify for Security {
         OrgView, JobSpaceView, SubjectView, RoleView, RuleView, BindingView, PolicyView,
         ToolView, ToolVersionView, RevokeRequest, WorkflowView, WorkflowVersionView,
         RunView, NodeView, FailureView, ContractView, AllowedTool, TraceEventView,
-        StartRunRequest, RunStarted, RunChanged, Remark,
+        StartRunRequest, RunStarted, RunChanged, Remark, TraceUntil,
         AuditEntryView, DecisionView, GrantView, Meta, Tag, AccessQuestion
     )),
     modifiers(&Security),
@@ -635,12 +635,25 @@ pub struct TraceQuery {
     /// When nothing is there yet, wait up to this long (at most 30000).
     #[serde(default)]
     pub wait_ms: Option<u64>,
+    /// `end`: wait (up to `waitMs`) until the run's last event is there,
+    /// or `limit` events are, and answer them all at once.
+    #[serde(default)]
+    pub until: Option<TraceUntil>,
+}
+
+/// How long a trace read waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TraceUntil {
+    /// The run's last event (`Completed`, `Failed` or `Cancelled`).
+    End,
 }
 
 /// A run's execution trace: its events, oldest first.
 #[utoipa::path(get, path = "/v1/orgs/{org}/runs/{id}/events", tag = "charter",
     params(("org" = String, Path), ("id" = String, Path), TraceQuery),
-    responses((status = 200, body = Vec<TraceEventView>), (status = 401, body = ProblemDocument),
+    responses((status = 200, body = Vec<TraceEventView>), (status = 400, body = ProblemDocument),
+              (status = 401, body = ProblemDocument),
               (status = 403, body = ProblemDocument), (status = 404, body = ProblemDocument)))]
 async fn run_events(
     State(gateway): State<Shared>,
@@ -658,6 +671,7 @@ async fn run_events(
                 query.after,
                 query.limit.unwrap_or(500),
                 std::time::Duration::from_millis(query.wait_ms.unwrap_or(0)),
+                query.until == Some(TraceUntil::End),
             )
             .await?,
     ))

@@ -13,9 +13,6 @@ use futures::Stream;
 use crate::gateway::views::TraceEventView;
 use crate::gateway::{ApiError, Gateway};
 
-/// Event types after which a run records nothing more.
-const FINAL: [&str; 3] = ["Completed", "Failed", "Cancelled"];
-
 /// A run's trace from `after` on, live, ending with its last event.
 pub fn follow_run(
     gateway: Arc<Gateway>,
@@ -30,7 +27,7 @@ pub fn follow_run(
             }
             while pending.is_empty() {
                 let wait = std::time::Duration::from_secs(30);
-                match gateway.trace_waiting(&run, after, 500, wait).await {
+                match gateway.trace_waiting(&run, after, 500, wait, false).await {
                     Ok(events) => {
                         pending = events;
                         pending.reverse();
@@ -40,7 +37,7 @@ pub fn follow_run(
             }
             let event = pending.pop()?;
             after = event.version;
-            let done = FINAL.contains(&event.event_type.as_str());
+            let done = event.is_final();
             Some((Ok(event), (gateway, run, after, pending, done)))
         },
     )

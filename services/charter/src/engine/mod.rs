@@ -567,10 +567,21 @@ impl Engine {
     /// learns the outcome.
     async fn finish(&self, state: &charter_domain::run::RunState) {
         let system = |kind: &str| CommandMeta::new(kind, state.id.org.clone(), Actor::system());
-        if let Err(error) = self
-            .handler
-            .handle_new::<Contract>(&state.id, &ContractCommand::Close, &system(Contract::KIND))
-            .await
+        // A run that ended in a worker's append closed its contract there;
+        // closing it again would only read the store to find it closed.
+        let closed = charter_commands::StreamId::for_aggregate::<Contract>(&state.id)
+            .ok()
+            .and_then(|stream| {
+                self.handler
+                    .cache()
+                    .get::<Contract>(Contract::KIND, &stream)
+            })
+            .is_some_and(|(contract, _)| contract.0.as_ref().is_some_and(|c| c.closed));
+        if !closed
+            && let Err(error) = self
+                .handler
+                .handle_new::<Contract>(&state.id, &ContractCommand::Close, &system(Contract::KIND))
+                .await
         {
             tracing::debug!(run = %state.id, %error, "closing a contract");
         }

@@ -146,6 +146,14 @@ impl RunTraces {
         )
     }
 
+    /// The last version of the run's trace held here, and whether that
+    /// event ended the run; `None` when this process holds no trace of it.
+    pub fn progress(&self, run: &RunId) -> Option<(u64, bool)> {
+        let inner = self.lock();
+        let last = inner.runs.get(run)?.events.last()?;
+        Some((last.version, last.is_final()))
+    }
+
     /// How many runs' traces are held.
     pub fn len(&self) -> usize {
         self.lock().runs.len()
@@ -161,10 +169,14 @@ mod tests {
     use super::*;
 
     fn event(version: u64) -> TraceEventView {
+        typed(version, "NodeScheduled")
+    }
+
+    fn typed(version: u64, event_type: &str) -> TraceEventView {
         TraceEventView {
             version,
             position: version * 10,
-            event_type: "NodeScheduled".into(),
+            event_type: event_type.into(),
             at: "2026-01-01T00:00:00.000Z".into(),
             actor: "system".into(),
             data: async_graphql::Json(serde_json::json!({"n": version})),
@@ -191,6 +203,22 @@ mod tests {
         assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [3]);
         assert!(traces.after(&id, 3, 10).unwrap().is_empty());
         assert_eq!(traces.after(&id, 0, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn progress_tells_whether_the_run_ended() {
+        let traces = RunTraces::new(10);
+        let id = run();
+        assert_eq!(traces.progress(&id), None);
+        let _follower = traces.subscribe(&id);
+        assert_eq!(traces.progress(&id), None, "a place kept, no events");
+        traces.record(&id, event(1));
+        assert_eq!(traces.progress(&id), Some((1, false)));
+        traces.record(&id, typed(2, "Completed"));
+        assert_eq!(traces.progress(&id), Some((2, true)));
+        let other = run();
+        traces.record(&other, typed(1, "Cancelled"));
+        assert_eq!(traces.progress(&other), Some((1, true)));
     }
 
     #[test]

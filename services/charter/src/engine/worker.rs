@@ -15,7 +15,9 @@ use charter_domain::contract::{
     CallCharge, Contract, ContractCommand, ContractEvent, ContractRejection,
 };
 use charter_domain::ids::Scoped;
-use charter_domain::run::{NodeFailure, NodeState, Run, RunCommand, RunId, RunRejection, RunState};
+use charter_domain::run::{
+    NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunRejection, RunState,
+};
 use charter_domain::tool::Tool;
 use charter_domain::workflow::{NodeKind, NodeName, NodeSpec};
 use charter_domain::{Actor, Aggregate, ErrorCode};
@@ -520,7 +522,7 @@ impl Worker {
         // (and, for a built-in, records its outcome): a call is never
         // charged without being claimed, nor claimed without being charged.
         let decide = |contract: &Contract, run: &Run| {
-            let (contract_events, contract_check, refusal) = match &forbidden {
+            let (mut contract_events, contract_check, refusal) = match &forbidden {
                 Some(refusal) => (Vec::new(), Value::Null, Some(refusal.clone())),
                 None => {
                     let events = contract
@@ -579,6 +581,18 @@ impl Worker {
                     claimed.evolve(event);
                 }
                 run_events.extend(claimed.decide(&task.run, &outcome).map_err(Refusal::Run)?);
+            }
+            // A run that ends here closes its contract in the same append.
+            if run_events.iter().any(RunEvent::ends_run) {
+                let mut charged = contract.clone();
+                for event in &contract_events {
+                    charged.evolve(event);
+                }
+                contract_events.extend(
+                    charged
+                        .decide(&task.run, &ContractCommand::Close)
+                        .unwrap_or_default(),
+                );
             }
             let settled = refusal.is_some() || inline.is_some();
             Ok(Joint {

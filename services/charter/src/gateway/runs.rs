@@ -236,7 +236,10 @@ impl Gateway {
     }
 
     /// A run's trace: its events after `after` (a stream version). With
-    /// `wait`, an empty answer waits up to that long for the next event.
+    /// `wait`, an empty answer waits up to that long for the next event;
+    /// with `until_end` as well, the answer waits for the run's last event
+    /// (or for `limit` events).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_trace(
         &self,
         caller: &Caller,
@@ -245,37 +248,67 @@ impl Gateway {
         after: u64,
         limit: usize,
         wait: std::time::Duration,
+        until_end: bool,
     ) -> Result<Vec<TraceEventView>, ApiError> {
         let run = self.run_for(caller, org, id, "get").await?;
-        self.trace_waiting(&run, after, limit, wait).await
+        self.trace_waiting(&run, after, limit, wait, until_end)
+            .await
     }
 
     /// The trace after `after`, waiting up to `wait` (at most 30 s) for
-    /// the run's next event when there is none yet. It wakes when this
-    /// process records an event of the run (a periodic look covers one
-    /// missed), and reads the trace this process holds, or the stream when
-    /// it holds none.
+    /// the run's next event when there is none yet, or, with `until_end`,
+    /// until the run's last event is there or `limit` events are. It wakes
+    /// when this process records an event of the run (a periodic look
+    /// covers one missed), and reads the trace this process holds, or the
+    /// stream when it holds none.
     pub(crate) async fn trace_waiting(
         &self,
         run: &RunId,
         after: u64,
         limit: usize,
         wait: std::time::Duration,
+        until_end: bool,
     ) -> Result<Vec<TraceEventView>, ApiError> {
-        let deadline = tokio::time::Instant::now() + wait.min(std::time::Duration::from_secs(30));
+        use tokio::time::{Instant, timeout_at};
+        let limit = limit.clamp(1, 1000);
+        let deadline = Instant::now() + wait.min(std::time::Duration::from_secs(30));
         let mut signal = self.run_traces.subscribe(run);
         loop {
             signal.mark_unchanged();
+            let look_again = deadline.min(Instant::now() + std::time::Duration::from_secs(1));
+            // Following a run held here: read nothing out until it is
+            // worth answering.
+            if until_end
+                && let Some((last, ended)) = self.run_traces.progress(run)
+                && !ended
+                && last.saturating_sub(after) < limit as u64
+                && Instant::now() < deadline
+            {
+                let _ = timeout_at(look_again, signal.wait_for(|version| *version > last)).await;
+                continue;
+            }
             let events = self.trace_after(run, after, limit).await?;
-            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            let seen = events.last().map_or(after, |event| event.version);
+            let answer = match events.last() {
+                _ if Instant::now() >= deadline => true,
+                None if until_end => self.ended_at(run, after).await?,
+                None => false,
+                Some(last) => !until_end || last.is_final() || events.len() >= limit,
+            };
+            if answer {
                 return Ok(events);
             }
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
-                signal.wait_for(|version| *version > after),
-            )
-            .await;
+            let _ = timeout_at(look_again, signal.wait_for(|version| *version > seen)).await;
         }
+    }
+
+    /// Whether the run's event at `version` is its last one.
+    async fn ended_at(&self, run: &RunId, version: u64) -> Result<bool, ApiError> {
+        if version == 0 {
+            return Ok(false);
+        }
+        let event = self.trace_after(run, version - 1, 1).await?;
+        Ok(event.first().is_some_and(TraceEventView::is_final))
     }
 
     pub(crate) async fn trace_after(
