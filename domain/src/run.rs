@@ -12,6 +12,7 @@
 //! (a worker that reports twice, a redelivered task) change nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -181,7 +182,9 @@ pub type Checks = Value;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     pub id: RunId,
-    pub plan: RunPlan,
+    /// Shared: states are cloned often (each decision works on a copy),
+    /// the plan never changes.
+    pub plan: Arc<RunPlan>,
     pub input: Value,
     pub started_by: Actor,
     pub started_at: i64,
@@ -203,7 +206,7 @@ pub struct Run(pub Option<Box<RunState>>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunCommand {
     Start {
-        plan: Box<RunPlan>,
+        plan: Arc<RunPlan>,
         input: Value,
         by: Actor,
         now: i64,
@@ -252,7 +255,7 @@ pub enum RunCommand {
 pub enum RunEvent {
     Started {
         id: RunId,
-        plan: Box<RunPlan>,
+        plan: Arc<RunPlan>,
         input: Value,
         by: Actor,
         at: i64,
@@ -556,8 +559,8 @@ impl RunState {
         // concurrency; skip what cannot run.
         loop {
             let mut progressed = false;
-            let order: Vec<NodeSpec> = state.plan.spec.nodes.clone();
-            for spec in &order {
+            let plan = Arc::clone(&state.plan);
+            for spec in &plan.spec.nodes {
                 if state.nodes.get(&spec.name) != Some(&NodeState::Waiting) {
                     continue;
                 }
@@ -1103,7 +1106,7 @@ impl Aggregate for Run {
                 .collect();
             self.0 = Some(Box::new(RunState {
                 id: id.clone(),
-                plan: (**plan).clone(),
+                plan: Arc::clone(plan),
                 input: input.clone(),
                 started_by: by.clone(),
                 started_at: *at,

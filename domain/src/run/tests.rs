@@ -23,7 +23,7 @@ fn root() -> Actor {
     Actor::parse("root").unwrap()
 }
 
-fn plan(nodes: Value, concurrency: u32) -> Box<RunPlan> {
+fn plan(nodes: Value, concurrency: u32) -> std::sync::Arc<RunPlan> {
     let spec: WorkflowSpec = serde_json::from_value(json!({
         "version": "1",
         "concurrency": concurrency,
@@ -46,7 +46,7 @@ fn plan(nodes: Value, concurrency: u32) -> Box<RunPlan> {
             })
         })
         .collect();
-    Box::new(RunPlan {
+    std::sync::Arc::new(RunPlan {
         workflow: WorkflowName::parse("main").unwrap(),
         spec,
         tools,
@@ -56,7 +56,7 @@ fn plan(nodes: Value, concurrency: u32) -> Box<RunPlan> {
     })
 }
 
-fn start(plan: Box<RunPlan>, input: Value) -> RunCommand {
+fn start(plan: std::sync::Arc<RunPlan>, input: Value) -> RunCommand {
     RunCommand::Start {
         plan,
         input,

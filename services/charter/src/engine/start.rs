@@ -174,7 +174,7 @@ pub async fn start_run(
         terms: Box::new(terms),
     };
     let start = RunCommand::Start {
-        plan: Box::new(plan),
+        plan: std::sync::Arc::new(plan),
         input: request.input,
         by: request.by.clone(),
         now,
