@@ -338,6 +338,9 @@ pub enum RunEvent {
     },
 }
 
+/// The types of the events after which a run records nothing more.
+pub const ENDING_EVENTS: [&str; 3] = ["Completed", "Failed", "Cancelled"];
+
 impl RunEvent {
     /// Whether the run records nothing after this event.
     pub fn ends_run(&self) -> bool {

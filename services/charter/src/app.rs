@@ -141,6 +141,14 @@ impl Application {
         let published = relay.published();
         let (stop, stopped) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(wait_for_stop(stopped.clone())));
+        // Every projection is known before the server answers, so that a
+        // reader waiting for one from the start finds it (its runner would
+        // register it too, a moment later).
+        for projector in charter_projections::projectors() {
+            if let Err(error) = self.read_models.register(projector.name()).await {
+                tracing::warn!(projection = projector.name(), %error, "registering a projection");
+            }
+        }
         let mut visible = std::collections::HashMap::new();
         let projection_tasks: Vec<_> = charter_projections::projectors()
             .into_iter()

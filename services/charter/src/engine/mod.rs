@@ -37,7 +37,7 @@ use charter_commands::store::Subscription;
 use charter_commands::{CommandHandler, CommandMeta, EventStore, Position};
 use charter_domain::contract::{Contract, ContractCommand};
 use charter_domain::run::{
-    Due, NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus,
+    Due, ENDING_EVENTS, NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunStatus,
 };
 use charter_domain::{Actor, Aggregate, DomainEvent};
 use charter_executor::Executor;
@@ -249,7 +249,8 @@ struct Driver {
     queued: HashSet<Task>,
     timers: BTreeMap<i64, HashSet<RunId>>,
     /// The last stream version folded per run (kept after a run ends, so
-    /// that its late deliveries are recognised).
+    /// that its late deliveries are recognised, until the log has
+    /// delivered its last event).
     versions: HashMap<RunId, u64>,
     /// When this driver started (part of every task it queues).
     epoch: i64,
@@ -289,6 +290,14 @@ impl Driver {
         self.versions.insert(id.clone(), version);
         self.runs.entry(id.clone()).or_default().evolve(event);
         true
+    }
+
+    /// The log delivered the last event of a run that ended and is done
+    /// with: nothing more of it can come, so nothing of it is kept.
+    fn forget_ended(&mut self, id: &RunId, version: u64) {
+        if !self.runs.contains_key(id) && self.folded(id) == version {
+            self.versions.remove(id);
+        }
     }
 }
 
@@ -392,6 +401,7 @@ impl Engine {
                             Err(error) => break error.to_string(),
                         };
                         let mut touched = HashSet::new();
+                        let mut ended = Vec::new();
                         for event in &events {
                             if event.aggregate_type != Run::KIND {
                                 continue;
@@ -400,6 +410,9 @@ impl Engine {
                             let delay = chrono::Utc::now() - event.recorded_at;
                             metrics::histogram!("charter_engine_event_delay_seconds")
                                 .record(delay.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                            if ENDING_EVENTS.contains(&event.event_type.as_str()) {
+                                ended.push((id.clone(), event.version.0));
+                            }
                             // This process's own appends were fed already:
                             // they need no decoding.
                             if driver.folded(&id) >= event.version.0 {
@@ -419,6 +432,9 @@ impl Engine {
                         }
                         for id in touched {
                             self.act(&mut driver, &id).await;
+                        }
+                        for (id, version) in ended {
+                            driver.forget_ended(&id, version);
                         }
                     }
                     Some(fed) = async {
@@ -657,5 +673,40 @@ impl Engine {
         {
             tracing::debug!(run = %parent, %error, "reporting a sub-workflow");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed() -> RunEvent {
+        RunEvent::Completed {
+            output: serde_json::Value::Null,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn an_ended_run_is_forgotten_once_the_log_delivered_its_last_event() {
+        let mut driver = Driver::default();
+        let org = charter_domain::OrgName::parse("acme").unwrap();
+        let (done, running) = (RunId::new(org.clone()), RunId::new(org));
+        assert!(driver.fold(&done, 1, &completed()));
+        assert!(driver.fold(&running, 1, &completed()));
+        // Still held (the driver has not finished it): kept.
+        driver.forget_ended(&done, 1);
+        assert_eq!(driver.folded(&done), 1);
+        driver.runs.remove(&done);
+        // A delivery of an earlier version says nothing yet.
+        driver.forget_ended(&done, 0);
+        assert_eq!(driver.folded(&done), 1);
+        driver.forget_ended(&done, 1);
+        driver.forget_ended(&running, 1);
+        assert_eq!(driver.folded(&done), 0);
+        assert!(!driver.versions.contains_key(&done));
+        assert_eq!(driver.folded(&running), 1, "a run the driver holds stays");
+        // Repeats of its events are recognised while it is remembered.
+        assert!(!driver.fold(&running, 1, &completed()));
     }
 }

@@ -48,8 +48,10 @@ pub struct RunTraces {
 }
 
 impl Default for RunTraces {
+    /// A trace held costs about 15 KB (three tool calls); past this many,
+    /// a follower of a run that ended long ago reads the store.
     fn default() -> Self {
-        Self::new(20_000)
+        Self::new(2_048)
     }
 }
 

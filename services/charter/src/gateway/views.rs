@@ -687,12 +687,9 @@ pub struct TraceEventView {
 }
 
 impl TraceEventView {
-    /// Event types after which a run records nothing more.
-    const FINAL: [&'static str; 3] = ["Completed", "Failed", "Cancelled"];
-
     /// Whether the run records nothing after this event.
     pub fn is_final(&self) -> bool {
-        Self::FINAL.contains(&self.event_type.as_str())
+        charter_domain::run::ENDING_EVENTS.contains(&self.event_type.as_str())
     }
 
     pub fn new(
