@@ -592,6 +592,103 @@ spec:
         "{decision}"
     );
 
+    // Built-in steps one after the other: each is authorized, checked,
+    // charged and recorded as if taken alone, and a step the policy
+    // forbids stops the run there, with its decision on record.
+    let chain = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: echo-chain, org: acme}
+spec:
+  version: "1"
+  input: {type: object, required: [n], properties: {n: {type: integer}}}
+  nodes:
+    - {name: a, tool: util.echo, input: {n: input.n}}
+    - {name: b, needs: [a], tool: util.echo, input: {n: "nodes.a.output.n + 100"}}
+    - {name: c, needs: [b], tool: util.echo, input: {n: "nodes.b.output.n + 1"}}
+  output: "nodes.c.output.n"
+"#;
+    let (status, body) = env.apply(&root, chain, "").await;
+    assert_eq!(status, 200, "{body}");
+    let id = start(env, &clerk, "echo-chain", json!({"n": 1})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "forbidden", "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let claims: Vec<&Value> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "NodeStarted")
+        .collect();
+    assert_eq!(claims.len(), 2, "{trace}");
+    assert_eq!(claims[0]["data"]["node"], "a");
+    assert_eq!(
+        claims[0]["data"]["checks"]["authorization"]["allowed"],
+        true
+    );
+    assert_eq!(claims[0]["data"]["checks"]["contract"]["callsUsed"], 1);
+    assert_eq!(claims[1]["data"]["node"], "b");
+    assert_eq!(
+        claims[1]["data"]["checks"]["authorization"]["forbiddenBy"],
+        json!(["small-echoes#0"]),
+        "{trace}"
+    );
+    let id = start(env, &root, "echo-chain", json!({"n": 1})).await;
+    let run = finished(env, &root, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], 102, "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let trace = trace.as_array().unwrap();
+    let versions: Vec<u64> = trace
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=trace.len() as u64).collect::<Vec<_>>());
+    let steps: Vec<(&str, &str, u64)> = trace
+        .iter()
+        .filter(|e| e["type"] == "NodeStarted")
+        .map(|e| {
+            let checks = &e["data"]["checks"];
+            assert_eq!(checks["input"]["valid"], true, "{e}");
+            assert_eq!(checks["version"], "1", "{e}");
+            (
+                e["data"]["node"].as_str().unwrap(),
+                checks["tool"].as_str().unwrap(),
+                checks["contract"]["callsUsed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("a", "util.echo", 1),
+            ("b", "util.echo", 2),
+            ("c", "util.echo", 3)
+        ]
+    );
+    // They went in one append: on PostgreSQL a position is its
+    // transaction's id shifted left by 20, plus the event's place in it.
+    let transactions: std::collections::BTreeSet<u64> = trace
+        .iter()
+        .skip_while(|e| e["type"] != "NodeStarted")
+        .map(|e| e["position"].as_u64().unwrap() >> 20)
+        .collect();
+    assert_eq!(transactions.len(), 1, "{trace:?}");
+    let position = trace.last().unwrap()["position"].as_u64().unwrap();
+    let (_, contract) = env
+        .get(
+            &format!("/v1/orgs/acme/runs/{id}/contract?minPosition={position}"),
+            &root,
+        )
+        .await;
+    assert_eq!(contract["callsUsed"], 3, "{contract}");
+    assert_eq!(contract["closed"], true, "{contract}");
+
     // A timer, then a sub-workflow: the parent waits for its child's run
     // and takes its output.
     let parent = r#"

@@ -16,7 +16,7 @@ use charter_domain::contract::{
 };
 use charter_domain::ids::Scoped;
 use charter_domain::run::{
-    NodeFailure, NodeState, Run, RunCommand, RunEvent, RunId, RunRejection, RunState,
+    NodeFailure, NodeState, PinnedTool, Run, RunCommand, RunEvent, RunId, RunRejection, RunState,
 };
 use charter_domain::tool::Tool;
 use charter_domain::workflow::{NodeKind, NodeName, NodeSpec};
@@ -34,6 +34,8 @@ use crate::gateway::views::DecisionView;
 /// How long past a call's own timeout a claim holds before another worker
 /// may take the node over.
 const LEASE_GRACE_MS: i64 = 5_000;
+/// Most built-in steps a worker records in one append after its own.
+const MAX_STEPS_IN_ONE_APPEND: usize = 32;
 
 /// The calls running in this process, so that a cancelled or failed run
 /// can stop them.
@@ -388,6 +390,159 @@ impl Worker {
         }
     }
 
+    /// The starter's authorization to call a run's pinned tool version:
+    /// the decision as the claim records it, and the refusal when it is
+    /// not allowed.
+    fn authorize(
+        &self,
+        state: &RunState,
+        org: &charter_domain::OrgName,
+        pinned: &PinnedTool,
+        input: &Value,
+    ) -> (Value, Option<(&'static str, String)>) {
+        let principal: Result<Principal, _> = state.started_by.as_str().parse();
+        let decision = match &principal {
+            Ok(Principal::Root) => Some(DecisionView::root()),
+            Ok(Principal::Subject(id)) => {
+                Some(DecisionView::from(&self.access.read(|authorizer| {
+                    authorizer.decide_call(
+                        org,
+                        &id.name,
+                        pinned.name.as_str(),
+                        pinned.version.as_str(),
+                        state.plan.job_space.as_ref(),
+                        input,
+                    )
+                })))
+            }
+            Err(_) => None,
+        };
+        let authorization = match &decision {
+            Some(decision) => serde_json::to_value(decision).unwrap_or(Value::Null),
+            None => json!({"allowed": false, "deniedBecause": "unknown_principal"}),
+        };
+        let forbidden = (!decision.is_some_and(|d| d.allowed)).then(|| {
+            (
+                "forbidden",
+                format!(
+                    "{} may not call `{}` at version `{}`",
+                    state.started_by, pinned.name, pinned.version
+                ),
+            )
+        });
+        (authorization, forbidden)
+    }
+
+    /// The next step of a run, decided from `run` and `contract` as they
+    /// stand inside a worker's append, when it can go in that same append:
+    /// a tool node now ready whose pinned version is a built-in (known to
+    /// this process's cache), allowed, with a valid input and admitted by
+    /// the contract. Its charge, claim and outcome are then what a worker
+    /// taking it alone would record; anything else is left to the usual
+    /// path, which records why.
+    fn inline_step(
+        &self,
+        id: &RunId,
+        run: &Run,
+        contract: &Contract,
+    ) -> Option<(Vec<ContractEvent>, Vec<RunEvent>)> {
+        let state = run.0.as_deref()?;
+        let now = now_ms();
+        let calls_tool = |node: &NodeName| {
+            state
+                .plan
+                .spec
+                .nodes
+                .iter()
+                .any(|n| n.name == *node && matches!(n.kind(), Some(NodeKind::Tool(..))))
+        };
+        let (node, attempt, _) = state
+            .due(now)
+            .dispatch
+            .into_iter()
+            .find(|(node, _, lease)| *lease == 0 && calls_tool(node))?;
+        let task = Task {
+            run: id.clone(),
+            node,
+            attempt,
+            lease: 0,
+            epoch: 0,
+        };
+        let input = wants(run, &task, now)?;
+        let pinned = state.plan.tools.get(&task.node)?;
+        let tool_id = Scoped::new(id.org.clone(), pinned.name.clone());
+        let (tool, _) = self.handler.cache().get::<Tool>(
+            Tool::KIND,
+            &charter_commands::StreamId::for_aggregate::<Tool>(&tool_id).ok()?,
+        )?;
+        let tool_spec = tool
+            .0
+            .as_ref()?
+            .runnable(Some(&pinned.version))
+            .ok()?
+            .spec
+            .clone();
+        if !Executor::runs_inline(&tool_spec) {
+            return None;
+        }
+        let (authorization, forbidden) = self.authorize(state, &id.org, pinned, &input);
+        if forbidden.is_some() {
+            return None;
+        }
+        let idempotency_key = state.idempotency_key(&task.node);
+        let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
+        let call = Call {
+            org: &id.org,
+            tool: &pinned.name,
+            spec: &tool_spec,
+            input: &input,
+            idempotency_key: &idempotency_key,
+            scopes: &scopes,
+        };
+        self.executor.check_input(&call).ok()?;
+        let charge = ContractCommand::Charge {
+            call: CallCharge {
+                node: task.node.clone(),
+                attempt: task.attempt,
+                tool: pinned.name.clone(),
+                version: pinned.version.clone(),
+                cost: tool_spec.cost,
+            },
+            now,
+        };
+        let contract_events = contract.decide(id, &charge).ok()?;
+        let Some(ContractEvent::CallAdmitted {
+            calls_used,
+            cost_used,
+            ..
+        }) = contract_events.first()
+        else {
+            return None;
+        };
+        let result = self.executor.call_inline(&call)?;
+        let claim = RunCommand::Claim {
+            node: task.node.clone(),
+            attempt: task.attempt,
+            worker: self.id.clone(),
+            lease_until: now + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS,
+            checks: json!({
+                "tool": pinned.name.as_str(),
+                "version": pinned.version.as_str(),
+                "authorization": authorization,
+                "contract": {"admitted": true, "callsUsed": calls_used, "costUsed": cost_used},
+                "input": {"valid": true},
+            }),
+            now,
+        };
+        let mut run_events = run.decide(id, &claim).ok()?;
+        let mut claimed = run.clone();
+        for event in &run_events {
+            claimed.evolve(event);
+        }
+        run_events.extend(claimed.decide(id, &outcome_command(&task, result)).ok()?);
+        Some((contract_events, run_events))
+    }
+
     async fn call_tool(
         &self,
         state: &RunState,
@@ -455,36 +610,7 @@ impl Worker {
         }
 
         // 1. The starter's authorization for this tool version.
-        let principal: Result<Principal, _> = state.started_by.as_str().parse();
-        let decision = match &principal {
-            Ok(Principal::Root) => Some(DecisionView::root()),
-            Ok(Principal::Subject(id)) => {
-                Some(DecisionView::from(&self.access.read(|authorizer| {
-                    authorizer.decide_call(
-                        org,
-                        &id.name,
-                        pinned.name.as_str(),
-                        pinned.version.as_str(),
-                        state.plan.job_space.as_ref(),
-                        &input,
-                    )
-                })))
-            }
-            Err(_) => None,
-        };
-        let authorization = match &decision {
-            Some(decision) => serde_json::to_value(decision).unwrap_or(Value::Null),
-            None => json!({"allowed": false, "deniedBecause": "unknown_principal"}),
-        };
-        let forbidden = (!decision.is_some_and(|d| d.allowed)).then(|| {
-            (
-                "forbidden",
-                format!(
-                    "{} may not call `{}` at version `{}`",
-                    state.started_by, pinned.name, pinned.version
-                ),
-            )
-        });
+        let (authorization, forbidden) = self.authorize(state, org, pinned, &input);
         let idempotency_key = state.idempotency_key(&task.node);
         let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
         let call = Call {
@@ -575,6 +701,7 @@ impl Worker {
                 (None, Some(result)) => Some(outcome_command(task, result.clone())),
                 (None, None) => None,
             };
+            let outcome_known = outcome.is_some();
             if let Some(outcome) = outcome {
                 let mut claimed = run.clone();
                 for event in &run_events {
@@ -582,12 +709,35 @@ impl Worker {
                 }
                 run_events.extend(claimed.decide(&task.run, &outcome).map_err(Refusal::Run)?);
             }
+            // The built-in steps this one made ready go in the same append
+            // (a run of built-ins commits once, not once per step).
+            let mut charged = contract.clone();
+            for event in &contract_events {
+                charged.evolve(event);
+            }
+            if outcome_known {
+                let mut stepped = run.clone();
+                for event in &run_events {
+                    stepped.evolve(event);
+                }
+                for _ in 0..MAX_STEPS_IN_ONE_APPEND {
+                    let Some((more_contract, more_run)) =
+                        self.inline_step(&task.run, &stepped, &charged)
+                    else {
+                        break;
+                    };
+                    for event in &more_contract {
+                        charged.evolve(event);
+                    }
+                    for event in &more_run {
+                        stepped.evolve(event);
+                    }
+                    contract_events.extend(more_contract);
+                    run_events.extend(more_run);
+                }
+            }
             // A run that ends here closes its contract in the same append.
             if run_events.iter().any(RunEvent::ends_run) {
-                let mut charged = contract.clone();
-                for event in &contract_events {
-                    charged.evolve(event);
-                }
                 contract_events.extend(
                     charged
                         .decide(&task.run, &ContractCommand::Close)
