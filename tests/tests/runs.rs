@@ -688,6 +688,21 @@ spec:
         .await;
     assert_eq!(contract["callsUsed"], 3, "{contract}");
     assert_eq!(contract["closed"], true, "{contract}");
+    let metrics = env
+        .http
+        .get(env.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let chained: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("charter_engine_steps_in_one_append_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(chained >= 2.0, "steps in one append: {chained}\n{metrics}");
 
     // A timer, then a sub-workflow: the parent waits for its child's run
     // and takes its output.

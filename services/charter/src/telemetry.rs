@@ -81,6 +81,10 @@ fn describe() {
         "From a run event's commit to the run driver seeing it"
     );
     metrics::describe_counter!("charter_engine_tasks_queued_total", "Node tasks queued");
+    metrics::describe_counter!(
+        "charter_engine_steps_in_one_append_total",
+        "Built-in steps recorded in the append of the step before them"
+    );
     metrics::describe_histogram!(
         "charter_engine_task_seconds",
         metrics::Unit::Seconds,

@@ -439,7 +439,8 @@ impl Worker {
     /// this process's cache), allowed, with a valid input and admitted by
     /// the contract. Its charge, claim and outcome are then what a worker
     /// taking it alone would record; anything else is left to the usual
-    /// path, which records why.
+    /// path, which records why. Built-ins are pure, so deciding again (an
+    /// append tried again after a conflict) repeats nothing outside.
     fn inline_step(
         &self,
         id: &RunId,
@@ -715,6 +716,7 @@ impl Worker {
             for event in &contract_events {
                 charged.evolve(event);
             }
+            let mut chained = 0u64;
             if outcome_known {
                 let mut stepped = run.clone();
                 for event in &run_events {
@@ -734,6 +736,7 @@ impl Worker {
                     }
                     contract_events.extend(more_contract);
                     run_events.extend(more_run);
+                    chained += 1;
                 }
             }
             // A run that ends here closes its contract in the same append.
@@ -748,7 +751,7 @@ impl Worker {
             Ok(Joint {
                 first: contract_events,
                 second: run_events,
-                value: settled,
+                value: (settled, chained),
             })
         };
         let outcome = self
@@ -761,9 +764,11 @@ impl Worker {
             .await;
         match outcome {
             Ok(outcome) => {
-                let next = outcome.value.then(|| self.take_next(&task.run)).flatten();
+                let (settled, chained) = outcome.value;
+                metrics::counter!("charter_engine_steps_in_one_append_total").increment(chained);
+                let next = settled.then(|| self.take_next(&task.run)).flatten();
                 self.feed.send(&task.run, &outcome.second, &Actor::system());
-                if outcome.value {
+                if settled {
                     return Ok(next);
                 }
             }
