@@ -769,6 +769,19 @@ spec:
         asked.elapsed() < Duration::from_secs(20),
         "it did not wait out the 30 s"
     );
+    // Nor past the end.
+    let (status, rest) = env
+        .get(
+            &format!("{events}?after={}&until=end&waitMs=30000", last + 5),
+            &root,
+        )
+        .await;
+    assert_eq!((status, rest), (200, json!([])));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
     // `limit` still bounds the answer.
     let (_, first) = env
         .get(&format!("{events}?until=end&limit=2&waitMs=30000"), &root)

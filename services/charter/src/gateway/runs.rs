@@ -291,7 +291,7 @@ impl Gateway {
             let seen = events.last().map_or(after, |event| event.version);
             let answer = match events.last() {
                 _ if Instant::now() >= deadline => true,
-                None if until_end => self.ended_at(run, after).await?,
+                None if until_end => self.has_ended(run).await?,
                 None => false,
                 Some(last) => !until_end || last.is_final() || events.len() >= limit,
             };
@@ -302,13 +302,18 @@ impl Gateway {
         }
     }
 
-    /// Whether the run's event at `version` is its last one.
-    async fn ended_at(&self, run: &RunId, version: u64) -> Result<bool, ApiError> {
-        if version == 0 {
-            return Ok(false);
+    /// Whether the run has recorded its last event: as the trace held
+    /// here says, or else as the store does.
+    async fn has_ended(&self, run: &RunId) -> Result<bool, ApiError> {
+        if let Some((_, ended)) = self.run_traces.progress(run) {
+            return Ok(ended);
         }
-        let event = self.trace_after(run, version - 1, 1).await?;
-        Ok(event.first().is_some_and(TraceEventView::is_final))
+        let loaded = self.handler.load::<Run>(run).await?;
+        Ok(loaded
+            .state
+            .0
+            .as_ref()
+            .is_some_and(|state| state.status.is_final()))
     }
 
     pub(crate) async fn trace_after(
