@@ -261,19 +261,7 @@ impl Worker {
         if state.status.is_final() {
             return None;
         }
-        let calls_tool = |node: &NodeName| {
-            state
-                .plan
-                .spec
-                .nodes
-                .iter()
-                .any(|n| n.name == *node && matches!(n.kind(), Some(NodeKind::Tool(..))))
-        };
-        let (node, attempt, _) = state
-            .due(now_ms())
-            .dispatch
-            .into_iter()
-            .find(|(node, _, lease)| *lease == 0 && calls_tool(node))?;
+        let (node, attempt) = ready_tool_node(state, now_ms())?;
         self.in_hand.take(run, &node, attempt).then(|| Task {
             run: run.clone(),
             node,
@@ -449,19 +437,7 @@ impl Worker {
     ) -> Option<(Vec<ContractEvent>, Vec<RunEvent>)> {
         let state = run.0.as_deref()?;
         let now = now_ms();
-        let calls_tool = |node: &NodeName| {
-            state
-                .plan
-                .spec
-                .nodes
-                .iter()
-                .any(|n| n.name == *node && matches!(n.kind(), Some(NodeKind::Tool(..))))
-        };
-        let (node, attempt, _) = state
-            .due(now)
-            .dispatch
-            .into_iter()
-            .find(|(node, _, lease)| *lease == 0 && calls_tool(node))?;
+        let (node, attempt) = ready_tool_node(state, now)?;
         let task = Task {
             run: id.clone(),
             node,
@@ -817,6 +793,25 @@ impl ErrorCode for Refusal {
             Self::Run(r) => r.class(),
         }
     }
+}
+
+/// The first tool node of the run that is ready at `now` and that no
+/// worker has claimed, with its attempt.
+fn ready_tool_node(state: &RunState, now: i64) -> Option<(NodeName, u32)> {
+    let calls_tool = |node: &NodeName| {
+        state
+            .plan
+            .spec
+            .nodes
+            .iter()
+            .any(|n| n.name == *node && matches!(n.kind(), Some(NodeKind::Tool(..))))
+    };
+    state
+        .due(now)
+        .dispatch
+        .into_iter()
+        .find(|(node, _, lease)| *lease == 0 && calls_tool(node))
+        .map(|(node, attempt, _)| (node, attempt))
 }
 
 /// The input of the node `task` is for, when the run still wants it run:
