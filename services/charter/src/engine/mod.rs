@@ -21,7 +21,12 @@
 //! holds. The log keeps such a node scheduled until its claim is recorded,
 //! so a crash loses nothing: a driver starting again queues it, and with
 //! several processes the others' drivers queue it as they queue every
-//! node (a worker finding it claimed drops it).
+//! node (a worker finding it claimed drops it). Built-in steps (pure, no
+//! process) go further: the worker records the ones its step made ready in
+//! its own append, each with its checks, charge and claim.
+//!
+//! The driver forgets an ended run once the log has delivered the run's
+//! last event, so that its memory follows the active runs only.
 
 pub mod queue;
 pub mod start;

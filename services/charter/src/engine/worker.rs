@@ -3,7 +3,9 @@
 //! contract's charge, the input schema), claim the node with the checks on
 //! record, execute, and report the outcome as a command. A task that
 //! arrives twice, or for a node someone else holds, is dropped. The node
-//! an outcome makes ready is taken in hand at once ([`InHand`]).
+//! an outcome makes ready is taken in hand at once ([`InHand`]); a call of
+//! a built-in records its outcome in the append of its claim, followed by
+//! the built-in steps it made ready (`Worker::inline_step`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
