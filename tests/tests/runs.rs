@@ -28,6 +28,24 @@ async fn finished(env: &Env, token: &str, id: &str) -> Value {
     }
 }
 
+/// A counter's value on the server's `/metrics` (0 before it counted).
+async fn counter(env: &Env, name: &str) -> f64 {
+    let metrics = env
+        .http
+        .get(env.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Waits until a run's node reaches a status.
 async fn node_reaches(env: &Env, token: &str, id: &str, node: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -275,21 +293,8 @@ spec:
     // Each node after the first was taken in hand by the worker that
     // recorded the node before it (and the first by a free worker, as the
     // run was started here), not queued.
-    let metrics = env
-        .http
-        .get(env.server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let in_hand: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("charter_engine_tasks_in_hand_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(in_hand >= 2.0, "nodes taken in hand: {in_hand}\n{metrics}");
+    let in_hand = counter(env, "charter_engine_tasks_in_hand_total").await;
+    assert!(in_hand >= 2.0, "nodes taken in hand: {in_hand}");
     let (status, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;
@@ -688,21 +693,8 @@ spec:
         .await;
     assert_eq!(contract["callsUsed"], 3, "{contract}");
     assert_eq!(contract["closed"], true, "{contract}");
-    let metrics = env
-        .http
-        .get(env.server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let chained: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("charter_engine_steps_in_one_append_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(chained >= 2.0, "steps in one append: {chained}\n{metrics}");
+    let chained = counter(env, "charter_engine_steps_in_one_append_total").await;
+    assert!(chained >= 2.0, "steps in one append: {chained}");
 
     // A timer, then a sub-workflow: the parent waits for its child's run
     // and takes its output.

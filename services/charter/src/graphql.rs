@@ -386,10 +386,12 @@ impl RunView {
                 &caller,
                 &self.org,
                 &self.id,
-                after.unwrap_or(0),
-                500,
-                std::time::Duration::ZERO,
-                false,
+                crate::gateway::runs::TraceRead {
+                    after: after.unwrap_or(0),
+                    limit: 500,
+                    wait: std::time::Duration::ZERO,
+                    until_end: false,
+                },
             )
             .await
             .map_err(error)

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::gateway::apply::{ApplyItem, ApplyOptions, ApplyReport};
 use crate::gateway::commands::CommandRequest;
 use crate::gateway::reads::{self, AccessQuestion, DirectoryFilter, OrgFilter, Page, PageArgs};
-use crate::gateway::runs::{RunChanged, RunStarted, StartRunRequest};
+use crate::gateway::runs::{RunChanged, RunStarted, StartRunRequest, TraceRead};
 use crate::gateway::views::{
     AllowedTool, AuditEntryView, BindingView, ContractView, DecisionView, FailureView, GrantView,
     JobSpaceView, Meta, NodeView, OrgView, PolicyView, RoleView, RuleView, RunView, SubjectView,
@@ -668,10 +668,12 @@ async fn run_events(
                 &caller,
                 &org,
                 &id,
-                query.after,
-                query.limit.unwrap_or(500),
-                std::time::Duration::from_millis(query.wait_ms.unwrap_or(0)),
-                query.until == Some(TraceUntil::End),
+                TraceRead {
+                    after: query.after,
+                    limit: query.limit.unwrap_or(500),
+                    wait: std::time::Duration::from_millis(query.wait_ms.unwrap_or(0)),
+                    until_end: query.until == Some(TraceUntil::End),
+                },
             )
             .await?,
     ))

@@ -10,6 +10,7 @@ use axum::extract::ws::{Message, WebSocket};
 use charter_domain::run::RunId;
 use futures::Stream;
 
+use crate::gateway::runs::TraceRead;
 use crate::gateway::views::TraceEventView;
 use crate::gateway::{ApiError, Gateway};
 
@@ -27,7 +28,18 @@ pub fn follow_run(
             }
             while pending.is_empty() {
                 let wait = std::time::Duration::from_secs(30);
-                match gateway.trace_waiting(&run, after, 500, wait, false).await {
+                match gateway
+                    .trace_waiting(
+                        &run,
+                        TraceRead {
+                            after,
+                            limit: 500,
+                            wait,
+                            until_end: false,
+                        },
+                    )
+                    .await
+                {
                     Ok(events) => {
                         pending = events;
                         pending.reverse();

@@ -479,17 +479,9 @@ impl Worker {
             scopes: &scopes,
         };
         self.executor.check_input(&call).ok()?;
-        let charge = ContractCommand::Charge {
-            call: CallCharge {
-                node: task.node.clone(),
-                attempt: task.attempt,
-                tool: pinned.name.clone(),
-                version: pinned.version.clone(),
-                cost: tool_spec.cost,
-            },
-            now,
-        };
-        let contract_events = contract.decide(id, &charge).ok()?;
+        let contract_events = contract
+            .decide(id, &charge(&task, pinned, tool_spec.cost, now))
+            .ok()?;
         let Some(ContractEvent::CallAdmitted {
             calls_used,
             cost_used,
@@ -610,16 +602,7 @@ impl Worker {
         } else {
             None
         };
-        let charge = ContractCommand::Charge {
-            call: CallCharge {
-                node: task.node.clone(),
-                attempt: task.attempt,
-                tool: pinned.name.clone(),
-                version: pinned.version.clone(),
-                cost: tool_spec.cost,
-            },
-            now: now_ms(),
-        };
+        let charge = charge(task, pinned, tool_spec.cost, now_ms());
         let lease_until = now_ms() + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS;
         let worker = self.id.clone();
         let now = now_ms();
@@ -794,6 +777,20 @@ impl ErrorCode for Refusal {
             Self::Contract(r) => r.class(),
             Self::Run(r) => r.class(),
         }
+    }
+}
+
+/// The contract's charge for the call a task makes.
+fn charge(task: &Task, pinned: &PinnedTool, cost: u32, now: i64) -> ContractCommand {
+    ContractCommand::Charge {
+        call: CallCharge {
+            node: task.node.clone(),
+            attempt: task.attempt,
+            tool: pinned.name.clone(),
+            version: pinned.version.clone(),
+            cost,
+        },
+        now,
     }
 }
 

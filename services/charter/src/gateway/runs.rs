@@ -65,6 +65,18 @@ fn run_id(org: &charter_domain::OrgName, id: &str) -> Result<RunId, ApiError> {
     })
 }
 
+/// How a run's trace is read: its events after `after` (a stream
+/// version), at most `limit`. With `wait`, an empty answer waits up to
+/// that long for the next event; with `until_end` as well, the answer
+/// waits for the run's last event (or for `limit` events).
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRead {
+    pub after: u64,
+    pub limit: usize,
+    pub wait: std::time::Duration,
+    pub until_end: bool,
+}
+
 impl Gateway {
     pub async fn start_workflow_run(
         &self,
@@ -235,24 +247,16 @@ impl Gateway {
         .await
     }
 
-    /// A run's trace: its events after `after` (a stream version). With
-    /// `wait`, an empty answer waits up to that long for the next event;
-    /// with `until_end` as well, the answer waits for the run's last event
-    /// (or for `limit` events).
-    #[allow(clippy::too_many_arguments)]
+    /// A run's trace, read as `read` says.
     pub async fn run_trace(
         &self,
         caller: &Caller,
         org: &str,
         id: &str,
-        after: u64,
-        limit: usize,
-        wait: std::time::Duration,
-        until_end: bool,
+        read: TraceRead,
     ) -> Result<Vec<TraceEventView>, ApiError> {
         let run = self.run_for(caller, org, id, "get").await?;
-        self.trace_waiting(&run, after, limit, wait, until_end)
-            .await
+        self.trace_waiting(&run, read).await
     }
 
     /// The trace after `after`, waiting up to `wait` (at most 30 s) for
@@ -264,11 +268,14 @@ impl Gateway {
     pub(crate) async fn trace_waiting(
         &self,
         run: &RunId,
-        after: u64,
-        limit: usize,
-        wait: std::time::Duration,
-        until_end: bool,
+        read: TraceRead,
     ) -> Result<Vec<TraceEventView>, ApiError> {
+        let TraceRead {
+            after,
+            limit,
+            wait,
+            until_end,
+        } = read;
         use tokio::time::{Instant, timeout_at};
         let limit = limit.clamp(1, 1000);
         let deadline = Instant::now() + wait.min(std::time::Duration::from_secs(30));
