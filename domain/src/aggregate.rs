@@ -118,6 +118,35 @@ impl EventParts {
         })
     }
 
+    /// The event's payload alone as JSON text (`null` for a variant
+    /// without data), printed straight from the event: the text of what
+    /// [`EventParts::from_event`] gives as `payload`, without building it.
+    pub fn payload_json<E: DomainEvent>(event: &E) -> Result<String, EventDecodeError> {
+        let serialize = |e: serde_json::Error| EventDecodeError::Serialize(e.to_string());
+        let text = serde_json::to_string(event).map_err(serialize)?;
+        let tag = serde_json::to_string(event.event_type()).map_err(serialize)?;
+        // Adjacently tagged: the tag first, then the data, if any.
+        let rest = text
+            .strip_prefix("{\"type\":")
+            .and_then(|rest| rest.strip_prefix(tag.as_str()));
+        match rest {
+            Some("}") => Ok("null".to_owned()),
+            Some(rest) => rest
+                .strip_prefix(",\"data\":")
+                .and_then(|data| data.strip_suffix('}'))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    EventDecodeError::Serialize(format!(
+                        "expected an adjacently tagged object, got {text}"
+                    ))
+                }),
+            None => Err(EventDecodeError::Serialize(format!(
+                "event_type() says `{}` but the event serializes as {text}",
+                event.event_type()
+            ))),
+        }
+    }
+
     /// Rebuilds the domain event; the payload must already be upcast.
     pub fn to_event<E: DomainEvent>(&self) -> Result<E, EventDecodeError> {
         let mut map = serde_json::Map::with_capacity(2);
@@ -129,5 +158,43 @@ impl EventParts {
             event_type: self.event_type.clone(),
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Sample {
+        Said { text: String },
+        Pinged,
+        Mislabelled,
+    }
+
+    impl DomainEvent for Sample {
+        fn event_type(&self) -> &'static str {
+            match self {
+                Sample::Said { .. } => "Said",
+                Sample::Pinged => "Pinged",
+                Sample::Mislabelled => "Other",
+            }
+        }
+    }
+
+    #[test]
+    fn payload_json_is_the_stored_payload_printed() {
+        let said = Sample::Said {
+            text: "a \"quoted\" } and ünïcode".into(),
+        };
+        for event in [said, Sample::Pinged] {
+            assert_eq!(
+                EventParts::payload_json(&event).unwrap(),
+                EventParts::from_event(&event).unwrap().payload.to_string()
+            );
+        }
+        assert_eq!(EventParts::payload_json(&Sample::Pinged).unwrap(), "null");
+        assert!(EventParts::payload_json(&Sample::Mislabelled).is_err());
     }
 }

@@ -8,6 +8,8 @@
 //! document. Keys are `org:name` (`org:uuid` for audit records, which sort
 //! in time order), and every document is scoped to its org.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
@@ -50,6 +52,56 @@ fn failed(
     }
 }
 
+/// How many folded states [`States`] keeps.
+const KEPT_STATES: usize = 2048;
+
+/// The states this projector last folded documents to, each with the
+/// stream version it is at. A stream's events never change, so a document
+/// found at that version holds that state, whoever wrote it: it need not
+/// be decoded again. One projector serves one store (the same stream
+/// version means the same state only within one log), which is why the
+/// projector is made anew per store and is not `Clone`.
+#[derive(Default)]
+struct States {
+    by_doc: std::sync::Mutex<KeptStates>,
+}
+
+/// A state by `(collection, key)`, with the stream version it is at.
+type KeptStates = HashMap<(&'static str, String), (u64, Box<dyn Any + Send>)>;
+
+impl States {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptStates> {
+        self.by_doc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The state of the document at `version`, when it is the one kept
+    /// (taken: a batch that fails leaves nothing behind).
+    fn take<A: Aggregate>(&self, collection: &'static str, key: &str, version: u64) -> Option<A> {
+        let mut by_doc = self.lock();
+        let id = (collection, key.to_owned());
+        match by_doc.get(&id) {
+            Some((at, _)) if *at == version => {}
+            _ => return None,
+        }
+        let (_, state) = by_doc.remove(&id)?;
+        state.downcast::<A>().ok().map(|state| *state)
+    }
+
+    fn keep<A: Aggregate>(&self, collection: &'static str, key: String, version: u64, state: A) {
+        let mut by_doc = self.lock();
+        if by_doc.len() >= KEPT_STATES {
+            by_doc.clear();
+        }
+        by_doc.insert((collection, key), (version, Box::new(state)));
+    }
+
+    fn forget(&self, collection: &'static str, key: &str) {
+        self.lock().remove(&(collection, key.to_owned()));
+    }
+}
+
 /// Folds one aggregate's events into one collection.
 struct Fold<A>(PhantomData<A>);
 
@@ -66,21 +118,23 @@ fn key_of<A: Aggregate>(event: &RecordedEvent) -> Option<String> {
 impl<A: Aggregate> Fold<A> {
     async fn apply(
         projection: &str,
-        collection: &str,
+        collection: &'static str,
         event: &RecordedEvent,
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
-        Self::apply_many(projection, collection, &[event], docs).await
+        Self::apply_many(projection, collection, &[event], docs, None).await
     }
 
     /// Folds events of one document (in order) into it, reading and
     /// writing the document once: the same document as folding them one
-    /// by one.
+    /// by one. With `states`, a document's state is taken from there
+    /// when it is kept at the document's version, and kept after.
     async fn apply_many(
         projection: &str,
-        collection: &str,
+        collection: &'static str,
         events: &[&RecordedEvent],
         docs: &mut dyn Documents,
+        states: Option<&States>,
     ) -> Result<(), ProjectionError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
@@ -88,15 +142,24 @@ impl<A: Aggregate> Fold<A> {
         let key = key_of::<A>(first)
             .ok_or_else(|| failed(projection, first, "stream of another aggregate"))?;
         let (mut state, mut created_at) = match docs.take(collection, &key).await? {
-            Some(mut doc) => (
-                serde_json::from_value::<A>(
-                    doc.get_mut("state").map(Value::take).unwrap_or(Value::Null),
-                )
-                .map_err(|e| failed(projection, first, e))?,
-                doc.get_mut("created_at")
+            Some(mut doc) => {
+                let kept = doc
+                    .get("version")
+                    .and_then(Value::as_u64)
+                    .and_then(|version| states?.take::<A>(collection, &key, version));
+                let state = match kept {
+                    Some(state) => state,
+                    None => serde_json::from_value::<A>(
+                        doc.get_mut("state").map(Value::take).unwrap_or(Value::Null),
+                    )
+                    .map_err(|e| failed(projection, first, e))?,
+                };
+                let created_at = doc
+                    .get_mut("created_at")
                     .map(Value::take)
-                    .unwrap_or(Value::Null),
-            ),
+                    .unwrap_or(Value::Null);
+                (state, created_at)
+            }
             None => (A::default(), Value::Null),
         };
         for event in events {
@@ -110,29 +173,52 @@ impl<A: Aggregate> Fold<A> {
         }
         docs.at(last.position);
         if !state.exists() {
+            if let Some(states) = states {
+                states.forget(collection, &key);
+            }
             docs.delete(collection, &key);
             return Ok(());
         }
-        let state = serde_json::to_value(&state).map_err(|e| failed(projection, last, e))?;
+        let value = serde_json::to_value(&state).map_err(|e| failed(projection, last, e))?;
         docs.put(
             collection,
             &key,
             &last.org,
             json!({
-                "state": state,
+                "state": value,
                 "version": last.version.0,
                 "created_at": created_at,
                 "updated_at": last.recorded_at,
             }),
         );
+        if let Some(states) = states {
+            states.keep(collection, key, last.version.0, state);
+        }
         Ok(())
     }
 }
 
 /// Subjects, roles, role bindings, policies, tools, workflows, runs and
-/// contracts.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DirectoryProjector;
+/// contracts. Make one per store (see [`States`]).
+#[derive(Default)]
+pub struct DirectoryProjector {
+    states: States,
+}
+
+impl DirectoryProjector {
+    /// How many folded states it keeps (see [`States`]).
+    pub fn kept_states(&self) -> usize {
+        self.states.lock().len()
+    }
+}
+
+impl std::fmt::Debug for DirectoryProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryProjector")
+            .field("kept_states", &self.kept_states())
+            .finish()
+    }
+}
 
 #[async_trait]
 impl Projector for DirectoryProjector {
@@ -170,8 +256,7 @@ impl Projector for DirectoryProjector {
         docs: &mut dyn Documents,
     ) -> Result<(), ProjectionError> {
         let mut order: Vec<&str> = Vec::new();
-        let mut by_stream: std::collections::HashMap<&str, Vec<&RecordedEvent>> =
-            std::collections::HashMap::new();
+        let mut by_stream: HashMap<&str, Vec<&RecordedEvent>> = HashMap::new();
         for event in events {
             let stream = event.stream_id.as_str();
             by_stream
@@ -182,26 +267,32 @@ impl Projector for DirectoryProjector {
                 })
                 .push(event);
         }
+        let states = Some(&self.states);
         for stream in order {
             let group = &by_stream[stream];
             match group[0].aggregate_type.as_str() {
                 Subject::KIND => {
-                    Fold::<Subject>::apply_many(DIRECTORY, SUBJECTS, group, docs).await?
+                    Fold::<Subject>::apply_many(DIRECTORY, SUBJECTS, group, docs, states).await?
                 }
-                Role::KIND => Fold::<Role>::apply_many(DIRECTORY, ROLES, group, docs).await?,
+                Role::KIND => {
+                    Fold::<Role>::apply_many(DIRECTORY, ROLES, group, docs, states).await?
+                }
                 RoleBinding::KIND => {
-                    Fold::<RoleBinding>::apply_many(DIRECTORY, BINDINGS, group, docs).await?
+                    Fold::<RoleBinding>::apply_many(DIRECTORY, BINDINGS, group, docs, states)
+                        .await?
                 }
                 Policy::KIND => {
-                    Fold::<Policy>::apply_many(DIRECTORY, POLICIES, group, docs).await?
+                    Fold::<Policy>::apply_many(DIRECTORY, POLICIES, group, docs, states).await?
                 }
-                Tool::KIND => Fold::<Tool>::apply_many(DIRECTORY, TOOLS, group, docs).await?,
+                Tool::KIND => {
+                    Fold::<Tool>::apply_many(DIRECTORY, TOOLS, group, docs, states).await?
+                }
                 Workflow::KIND => {
-                    Fold::<Workflow>::apply_many(DIRECTORY, WORKFLOWS, group, docs).await?
+                    Fold::<Workflow>::apply_many(DIRECTORY, WORKFLOWS, group, docs, states).await?
                 }
-                Run::KIND => Fold::<Run>::apply_many(DIRECTORY, RUNS, group, docs).await?,
+                Run::KIND => Fold::<Run>::apply_many(DIRECTORY, RUNS, group, docs, states).await?,
                 Contract::KIND => {
-                    Fold::<Contract>::apply_many(DIRECTORY, CONTRACTS, group, docs).await?
+                    Fold::<Contract>::apply_many(DIRECTORY, CONTRACTS, group, docs, states).await?
                 }
                 _ => {}
             }

@@ -34,7 +34,7 @@ pub use runner::{ProjectionRunner, RebuildReport, rebuild};
 pub fn projectors() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![
         std::sync::Arc::new(organizations::OrganizationsProjector),
-        std::sync::Arc::new(directory::DirectoryProjector),
+        std::sync::Arc::new(directory::DirectoryProjector::default()),
         std::sync::Arc::new(directory::AuditProjector),
     ]
 }

@@ -559,17 +559,16 @@ async fn directory_documents_do_not_depend_on_batches(backend: Backend) {
     wait_for_position(&*backend.store, last, Duration::from_secs(60))
         .await
         .unwrap();
+    // One projector for every rebuild: folding one event per batch, it
+    // takes each document's state from those it kept, and the documents
+    // must come out as folding them all at once without any.
+    let projector = DirectoryProjector::default();
     let documents = |batch: usize| {
-        let backend = &backend;
+        let (backend, projector) = (&backend, &projector);
         async move {
-            rebuild(
-                &*backend.store,
-                &*backend.models,
-                &DirectoryProjector,
-                batch,
-            )
-            .await
-            .unwrap();
+            rebuild(&*backend.store, &*backend.models, projector, batch)
+                .await
+                .unwrap();
             let mut all = Vec::new();
             for collection in [ROLES, SUBJECTS] {
                 all.extend(
@@ -584,10 +583,16 @@ async fn directory_documents_do_not_depend_on_batches(backend: Backend) {
         }
     };
     let one_by_one = documents(1).await;
+    assert_eq!(projector.kept_states(), 4 + 4, "a state kept per document");
     let all_at_once = documents(10_000).await;
     assert_eq!(one_by_one.len(), 4 + 4, "four subjects, four roles");
     assert_eq!(one_by_one, all_at_once);
     assert_eq!(documents(3).await, one_by_one);
+    assert_eq!(
+        DirectoryProjector::default().kept_states(),
+        0,
+        "a new projector knows nothing"
+    );
 }
 
 /// Events a projection ignores move its checkpoint too: in this process at
@@ -691,7 +696,7 @@ async fn documents_written_elsewhere_are_read_again() {
         let models = if n % 2 == 0 { &backend.models } else { &other };
         let outcome = models
             .apply_batch(
-                &DirectoryProjector,
+                &DirectoryProjector::default(),
                 generation,
                 std::slice::from_ref(event),
                 true,

@@ -450,5 +450,13 @@ proptest! {
             prop_assert!(active <= concurrency as usize, "{} active", active);
         }
         prop_assert_eq!(run_of(&history), run);
+        // The payload printed straight from each event is the stored one.
+        for event in &history {
+            let parts = crate::EventParts::from_event(event).unwrap();
+            prop_assert_eq!(
+                crate::EventParts::payload_json(event).unwrap(),
+                parts.payload.to_string()
+            );
+        }
     }
 }

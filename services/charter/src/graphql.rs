@@ -394,6 +394,7 @@ impl RunView {
                 },
             )
             .await
+            .map(|events| events.iter().map(|e| TraceEventView::clone(e)).collect())
             .map_err(error)
     }
 
@@ -634,7 +635,8 @@ impl Subscription {
             .watchable_run(&caller, &org, &id)
             .await
             .map_err(error)?;
-        Ok(crate::watch::follow_run(gateway, run, 0).map(|event| event.map_err(error)))
+        Ok(crate::watch::follow_run(gateway, run, 0)
+            .map(|event| event.map(|e| TraceEventView::clone(&e)).map_err(error)))
     }
 }
 

@@ -19,9 +19,15 @@ pub fn follow_run(
     gateway: Arc<Gateway>,
     run: RunId,
     after: u64,
-) -> impl Stream<Item = Result<TraceEventView, ApiError>> + Send + 'static {
+) -> impl Stream<Item = Result<Arc<TraceEventView>, ApiError>> + Send + 'static {
     futures::stream::unfold(
-        (gateway, run, after, Vec::<TraceEventView>::new(), false),
+        (
+            gateway,
+            run,
+            after,
+            Vec::<Arc<TraceEventView>>::new(),
+            false,
+        ),
         |(gateway, run, mut after, mut pending, done)| async move {
             if done {
                 return None;

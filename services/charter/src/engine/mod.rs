@@ -89,9 +89,10 @@ pub struct Fed {
 impl Fed {
     /// The event as its trace shows it (the same as read from the store).
     fn view(&self) -> TraceEventView {
-        let data = charter_domain::EventParts::from_event(&self.event)
-            .map(|parts| parts.payload)
-            .unwrap_or(serde_json::Value::Null);
+        let data = crate::gateway::views::trace_data(
+            charter_domain::EventParts::payload_json(&self.event)
+                .unwrap_or_else(|_| "null".to_owned()),
+        );
         TraceEventView::new(
             self.version,
             self.position,
@@ -141,6 +142,11 @@ impl RunFeed {
                 drop(slot);
             });
         }
+    }
+
+    /// This process's workers, once they run.
+    fn worker(&self) -> Option<Arc<Worker>> {
+        self.workers.get()?.0.upgrade()
     }
 
     fn take_first(&self, run: &RunId) -> Option<Handed> {

@@ -1,8 +1,9 @@
 //! Starting a run: the definition version, its input checked against the
 //! workflow's input schema, every tool and sub-workflow version pinned, the
 //! contract issued (the tools its starter may call, the budgets, scopes and
-//! deadline), then the run itself. Used by the gateway and, for
-//! sub-workflows, by workers.
+//! deadline), then the run itself, with the built-in steps ready from its
+//! start, in one append. Used by the gateway and, for sub-workflows, by
+//! workers.
 
 use std::collections::BTreeMap;
 
@@ -179,22 +180,46 @@ pub async fn start_run(
         by: request.by.clone(),
         now,
     };
-    // The contract and the run begin in one append.
+    // The contract and the run begin in one append, with the built-in
+    // steps ready from the start (each charged, claimed with its checks
+    // and recorded, as a worker would; built-ins are pure, so deciding
+    // again after a conflict repeats nothing outside). The first node that
+    // is not a built-in is handed over after.
+    let worker = feed.worker();
     let outcome = handler
         .handle_together::<Contract, Run, _, _>(
             (&request.run, &meta(Contract::KIND)),
             (&request.run, &meta(Run::KIND)),
             |contract: &Contract, run: &Run| {
+                let mut first = contract
+                    .decide(&request.run, &issue)
+                    .map_err(Refusal::Contract)?;
+                let mut second = run.decide(&request.run, &start).map_err(Refusal::Run)?;
+                let mut chained = 0;
+                if let Some(worker) = &worker {
+                    let (mut issued, mut started) = (contract.clone(), run.clone());
+                    for event in &first {
+                        issued.evolve(event);
+                    }
+                    for event in &second {
+                        started.evolve(event);
+                    }
+                    chained = worker.chain_steps(
+                        &request.run,
+                        (&mut issued, &mut started),
+                        (&mut first, &mut second),
+                    );
+                    super::worker::close_if_ended(&request.run, &issued, &mut first, &second);
+                }
                 Ok::<_, Refusal>(Joint {
-                    first: contract
-                        .decide(&request.run, &issue)
-                        .map_err(Refusal::Contract)?,
-                    second: run.decide(&request.run, &start).map_err(Refusal::Run)?,
-                    value: (),
+                    first,
+                    second,
+                    value: chained,
                 })
             },
         )
         .await?;
+    metrics::counter!("charter_engine_steps_in_one_append_total").increment(outcome.value);
     feed.send_and_hand_over(&request.run, &outcome.second, &request.by);
     Ok(Started {
         run: request.run,

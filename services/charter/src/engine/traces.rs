@@ -130,7 +130,7 @@ impl RunTraces {
     /// The events after version `after` (at most `limit`), when this
     /// process holds the run's trace through its last recorded version;
     /// `None` when the store must answer.
-    pub fn after(&self, run: &RunId, after: u64, limit: usize) -> Option<Vec<TraceEventView>> {
+    pub fn after(&self, run: &RunId, after: u64, limit: usize) -> Option<Vec<Arc<TraceEventView>>> {
         let inner = self.lock();
         let trace = inner.runs.get(run)?;
         if trace.events.is_empty() {
@@ -143,7 +143,7 @@ impl RunTraces {
                 .iter()
                 .skip(from)
                 .take(limit)
-                .map(|e| TraceEventView::clone(e))
+                .map(Arc::clone)
                 .collect(),
         )
     }
@@ -181,7 +181,7 @@ mod tests {
             event_type: event_type.into(),
             at: "2026-01-01T00:00:00.000Z".into(),
             actor: "system".into(),
-            data: async_graphql::Json(serde_json::json!({"n": version})),
+            data: crate::gateway::views::trace_data(format!(r#"{{"n":{version}}}"#)),
         }
     }
 

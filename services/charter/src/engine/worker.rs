@@ -423,6 +423,36 @@ impl Worker {
         (authorization, forbidden)
     }
 
+    /// Adds to an append the built-in steps its events make ready, one
+    /// after the other ([`Worker::inline_step`], at most
+    /// `MAX_STEPS_IN_ONE_APPEND`): `states` are the contract and the run
+    /// with the append's `events` so far folded in, and stay so. Returns
+    /// how many steps it added.
+    pub(super) fn chain_steps(
+        &self,
+        id: &RunId,
+        states: (&mut Contract, &mut Run),
+        events: (&mut Vec<ContractEvent>, &mut Vec<RunEvent>),
+    ) -> u64 {
+        let ((contract, run), (contract_events, run_events)) = (states, events);
+        let mut chained = 0;
+        for _ in 0..MAX_STEPS_IN_ONE_APPEND {
+            let Some((more_contract, more_run)) = self.inline_step(id, run, contract) else {
+                break;
+            };
+            for event in &more_contract {
+                contract.evolve(event);
+            }
+            for event in &more_run {
+                run.evolve(event);
+            }
+            contract_events.extend(more_contract);
+            run_events.extend(more_run);
+            chained += 1;
+        }
+        chained
+    }
+
     /// The next step of a run, decided from `run` and `contract` as they
     /// stand inside a worker's append, when it can go in that same append:
     /// a tool node now ready whose pinned version is a built-in (known to
@@ -683,31 +713,13 @@ impl Worker {
                 for event in &run_events {
                     stepped.evolve(event);
                 }
-                for _ in 0..MAX_STEPS_IN_ONE_APPEND {
-                    let Some((more_contract, more_run)) =
-                        self.inline_step(&task.run, &stepped, &charged)
-                    else {
-                        break;
-                    };
-                    for event in &more_contract {
-                        charged.evolve(event);
-                    }
-                    for event in &more_run {
-                        stepped.evolve(event);
-                    }
-                    contract_events.extend(more_contract);
-                    run_events.extend(more_run);
-                    chained += 1;
-                }
-            }
-            // A run that ends here closes its contract in the same append.
-            if run_events.iter().any(RunEvent::ends_run) {
-                contract_events.extend(
-                    charged
-                        .decide(&task.run, &ContractCommand::Close)
-                        .unwrap_or_default(),
+                chained = self.chain_steps(
+                    &task.run,
+                    (&mut charged, &mut stepped),
+                    (&mut contract_events, &mut run_events),
                 );
             }
+            close_if_ended(&task.run, &charged, &mut contract_events, &run_events);
             let settled = refusal.is_some() || inline.is_some();
             Ok(Joint {
                 first: contract_events,
@@ -777,6 +789,23 @@ impl ErrorCode for Refusal {
             Self::Contract(r) => r.class(),
             Self::Run(r) => r.class(),
         }
+    }
+}
+
+/// A run that ends in an append closes its contract in the same append
+/// (`contract` with the append's contract events folded in).
+pub(super) fn close_if_ended(
+    id: &RunId,
+    contract: &Contract,
+    contract_events: &mut Vec<ContractEvent>,
+    run_events: &[RunEvent],
+) {
+    if run_events.iter().any(RunEvent::ends_run) {
+        contract_events.extend(
+            contract
+                .decide(id, &ContractCommand::Close)
+                .unwrap_or_default(),
+        );
     }
 }
 

@@ -4,6 +4,8 @@
 //! answering an approval (`approve`), so that an org's policies can say who
 //! may do what with which workflow. Reading a run names the run.
 
+use std::sync::Arc;
+
 use charter_commands::{StreamId, StreamVersion};
 use charter_domain::ids::JobSpaceName;
 use charter_domain::run::{Run, RunCommand, RunId};
@@ -254,7 +256,7 @@ impl Gateway {
         org: &str,
         id: &str,
         read: TraceRead,
-    ) -> Result<Vec<TraceEventView>, ApiError> {
+    ) -> Result<Vec<Arc<TraceEventView>>, ApiError> {
         let run = self.run_for(caller, org, id, "get").await?;
         self.trace_waiting(&run, read).await
     }
@@ -269,7 +271,7 @@ impl Gateway {
         &self,
         run: &RunId,
         read: TraceRead,
-    ) -> Result<Vec<TraceEventView>, ApiError> {
+    ) -> Result<Vec<Arc<TraceEventView>>, ApiError> {
         let TraceRead {
             after,
             limit,
@@ -328,7 +330,7 @@ impl Gateway {
         run: &RunId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<TraceEventView>, ApiError> {
+    ) -> Result<Vec<Arc<TraceEventView>>, ApiError> {
         let limit = limit.clamp(1, 1000);
         if let Some(events) = self.run_traces.after(run, after, limit) {
             return Ok(events);
@@ -344,7 +346,10 @@ impl Gateway {
             Err(charter_commands::StoreError::StreamNotFound(_)) => vec![],
             Err(error) => return Err(error.into()),
         };
-        Ok(events.iter().map(TraceEventView::from_recorded).collect())
+        Ok(events
+            .iter()
+            .map(|event| Arc::new(TraceEventView::from_recorded(event)))
+            .collect())
     }
 
     /// Checks that the caller may watch a run, and names it.

@@ -1,6 +1,8 @@
 //! What the APIs answer with: one set of types for REST (serde, OpenAPI
 //! schemas) and GraphQL (objects), built from the read models' documents.
 
+use std::sync::Arc;
+
 use async_graphql::SimpleObject;
 use charter_domain::access::Grant;
 use charter_domain::audit::AuditRecord;
@@ -13,6 +15,7 @@ use charter_domain::tool::ToolState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -672,6 +675,7 @@ impl ContractView {
 
 /// One event of a run's trace.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, SimpleObject)]
+#[graphql(complex)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceEventView {
     /// The run stream's version after the event (1 for `Started`).
@@ -682,8 +686,27 @@ pub struct TraceEventView {
     pub event_type: String,
     pub at: String,
     pub actor: String,
+    /// The event's payload, as stored.
+    // Kept as its JSON text: served as it is, and shared by every reader
+    // of the trace.
     #[schema(value_type = Object)]
-    pub data: async_graphql::Json<Value>,
+    #[graphql(skip)]
+    pub data: Arc<RawValue>,
+}
+
+#[async_graphql::ComplexObject]
+impl TraceEventView {
+    /// The event's payload, as stored.
+    async fn data(&self) -> async_graphql::Json<Value> {
+        async_graphql::Json(serde_json::from_str(self.data.get()).unwrap_or(Value::Null))
+    }
+}
+
+/// JSON text as a trace event's data (`null` if it is not JSON).
+pub fn trace_data(text: String) -> Arc<RawValue> {
+    RawValue::from_string(text)
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
+        .into()
 }
 
 impl TraceEventView {
@@ -698,7 +721,7 @@ impl TraceEventView {
         event_type: &str,
         at: chrono::DateTime<chrono::Utc>,
         actor: &str,
-        data: Value,
+        data: Arc<RawValue>,
     ) -> Self {
         Self {
             version,
@@ -706,7 +729,7 @@ impl TraceEventView {
             event_type: event_type.to_owned(),
             at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             actor: actor.to_owned(),
-            data: async_graphql::Json(data),
+            data,
         }
     }
 
@@ -717,7 +740,7 @@ impl TraceEventView {
             &event.event_type,
             event.recorded_at,
             event.actor.as_str(),
-            serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
+            Arc::from(event.payload.clone()),
         )
     }
 }
