@@ -139,13 +139,24 @@ pub(crate) fn check_type_name(what: &'static str, value: &str) -> Result<(), Sto
     }
 }
 
-/// One event to append.
-#[derive(Debug, Clone, PartialEq)]
+/// One event to append. Its payload is kept as JSON text: events made
+/// from domain events are printed once, straight to it, and stored as
+/// they are.
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: EventId,
     pub event_type: String,
     pub schema_version: u32,
-    pub payload: Value,
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for NewEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && self.schema_version == other.schema_version
+            && self.payload.get() == other.payload.get()
+    }
 }
 
 impl NewEvent {
@@ -154,21 +165,45 @@ impl NewEvent {
             event_id: EventId::new(),
             event_type: event_type.into(),
             schema_version: 1,
-            payload,
+            payload: json_text(&payload),
         }
     }
 
     /// A domain event as a new stored event.
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self, StoreError> {
-        let parts =
-            EventParts::from_event(event).map_err(|e| StoreError::Serialization(e.to_string()))?;
+        let payload = EventParts::payload_json(event)
+            .map_err(|e| StoreError::Serialization(e.to_string()))?;
         Ok(Self {
             event_id: EventId::new(),
-            event_type: parts.event_type,
-            schema_version: parts.schema_version,
-            payload: parts.payload,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: RawValue::from_string(payload)
+                .map_err(|e| StoreError::Serialization(e.to_string()))?,
         })
     }
+
+    /// The payload as a JSON value.
+    pub fn payload_value(&self) -> Value {
+        serde_json::from_str(self.payload.get()).unwrap_or(Value::Null)
+    }
+}
+
+/// An appended event's payload as stored (its JSON text), shared with
+/// whoever the command's outcome goes to.
+#[derive(Debug, Clone)]
+pub struct SharedPayload(pub std::sync::Arc<RawValue>);
+
+impl PartialEq for SharedPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+/// A JSON value as its text.
+fn json_text(value: &Value) -> Box<RawValue> {
+    // Printing a `Value` cannot fail: its keys are strings.
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
 }
 
 /// Who and what an append belongs to: the same for every event of it.

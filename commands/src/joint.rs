@@ -44,6 +44,9 @@ pub struct Share<E> {
     pub position: Option<Position>,
     /// When its events were recorded, when it appended any.
     pub recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The events' payloads as stored, in order (as `events`), shared;
+    /// empty when it appended none.
+    pub payloads: Vec<crate::SharedPayload>,
 }
 
 /// What a joint command did.
@@ -185,9 +188,11 @@ impl CommandHandler {
                     let mut outcomes = outcomes.into_iter();
                     let outcome_a = (!events_a.is_empty()).then(|| outcomes.next()).flatten();
                     let outcome_b = (!events_b.is_empty()).then(|| outcomes.next()).flatten();
-                    let share_a = self.settle::<A>(&stream_a, a, joint.first, outcome_a).await;
+                    let share_a = self
+                        .settle::<A>(&stream_a, a, (joint.first, events_a), outcome_a)
+                        .await;
                     let share_b = self
-                        .settle::<B>(&stream_b, b, joint.second, outcome_b)
+                        .settle::<B>(&stream_b, b, (joint.second, events_b), outcome_b)
                         .await;
                     return Ok(JointOutcome {
                         first: share_a,
@@ -238,7 +243,7 @@ impl CommandHandler {
         &self,
         stream: &StreamId,
         side: Side<A>,
-        events: Vec<A::Event>,
+        (events, appended): (Vec<A::Event>, Vec<NewEvent>),
         outcome: Option<crate::AppendOutcome>,
     ) -> Share<A::Event> {
         match outcome {
@@ -257,6 +262,7 @@ impl CommandHandler {
                     stream_version: outcome.last_version,
                     position: Some(outcome.last_position),
                     recorded_at: Some(outcome.recorded_at),
+                    payloads: crate::kernel::shared_payloads(appended),
                 }
             }
             None => {
@@ -267,6 +273,7 @@ impl CommandHandler {
                     stream_version: side.version,
                     position: None,
                     recorded_at: None,
+                    payloads: Vec::new(),
                 }
             }
         }

@@ -75,6 +75,16 @@ pub struct CommandOutcome<E> {
     pub recorded_at: Option<chrono::DateTime<Utc>>,
     /// True when this command id had already been handled.
     pub duplicate: bool,
+    /// The events' payloads as stored, in order (as `events`), shared.
+    pub payloads: Vec<crate::SharedPayload>,
+}
+
+/// The payloads of events as appended, to share.
+pub(crate) fn shared_payloads(events: Vec<NewEvent>) -> Vec<crate::SharedPayload> {
+    events
+        .into_iter()
+        .map(|e| crate::SharedPayload(Arc::from(e.payload)))
+        .collect()
 }
 
 /// How one command is to be handled.
@@ -406,6 +416,7 @@ impl CommandHandler {
                         position: None,
                         recorded_at: None,
                         duplicate: false,
+                        payloads: Vec::new(),
                     });
                 }
                 Err(rejection) => {
@@ -446,6 +457,7 @@ impl CommandHandler {
                         position: Some(outcome.last_position),
                         recorded_at: Some(outcome.recorded_at),
                         duplicate: false,
+                        payloads: shared_payloads(new_events),
                     });
                 }
                 // Decided from a state that was not the store's: decide
@@ -498,6 +510,10 @@ impl CommandHandler {
             position: Some(first.last_position),
             recorded_at: Some(first.recorded_at),
             duplicate: true,
+            payloads: recorded
+                .iter()
+                .map(|r| crate::SharedPayload(Arc::from(r.payload.clone())))
+                .collect(),
         })
     }
 

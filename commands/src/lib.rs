@@ -29,7 +29,7 @@ pub mod tail;
 pub use error::StoreError;
 pub use event::{
     AppendOutcome, CommandMeta, EventRecord, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamAppend, StreamId, StreamVersion,
+    SharedPayload, StreamAppend, StreamId, StreamVersion,
 };
 pub use kernel::{CommandError, CommandHandler, CommandOutcome, Handling};
 pub use store::{EventStore, Snapshot, StoreLimits, connect};

@@ -255,8 +255,7 @@ pub(crate) fn prepare_append(
     let mut payloads = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         check_type_name("event type", &event.event_type)?;
-        let payload = serde_json::to_string(&event.payload)
-            .map_err(|e| StoreError::Serialization(e.to_string()))?;
+        let payload = event.payload.get().to_owned();
         if payload.len() > limits.max_event_bytes {
             return Err(StoreError::EventTooLarge {
                 index,

@@ -84,15 +84,19 @@ pub struct Fed {
     pub recorded_at: chrono::DateTime<chrono::Utc>,
     pub actor: Actor,
     pub event: RunEvent,
+    /// Its payload as stored, when the append shared it.
+    pub payload: Option<Arc<serde_json::value::RawValue>>,
 }
 
 impl Fed {
     /// The event as its trace shows it (the same as read from the store).
     fn view(&self) -> TraceEventView {
-        let data = crate::gateway::views::trace_data(
-            charter_domain::EventParts::payload_json(&self.event)
-                .unwrap_or_else(|_| "null".to_owned()),
-        );
+        let data = self.payload.clone().unwrap_or_else(|| {
+            crate::gateway::views::trace_data(
+                charter_domain::EventParts::payload_json(&self.event)
+                    .unwrap_or_else(|_| "null".to_owned()),
+            )
+        });
         TraceEventView::new(
             self.version,
             self.position,
@@ -188,6 +192,7 @@ impl RunFeed {
                 recorded_at,
                 actor: actor.clone(),
                 event: event.clone(),
+                payload: share.payloads.get(offset).map(|p| Arc::clone(&p.0)),
             };
             self.traces.record(id, fed.view());
             let _ = self.driver.send(fed);
@@ -230,6 +235,7 @@ impl RunFeed {
                 stream_version: outcome.stream_version,
                 position: outcome.position,
                 recorded_at: outcome.recorded_at,
+                payloads: outcome.payloads.clone(),
             },
             actor,
         );
