@@ -435,6 +435,63 @@ spec:
     assert_eq!(contract["breaches"], 1, "{contract}");
     assert_eq!(contract["callsUsed"], 1, "{contract}");
 
+    // A built-in step whose input breaks the tool's schema does not go in
+    // the start's append: it is refused before it runs, with the problems
+    // on record, and the run fails with the check's code.
+    let strict = r#"
+apiVersion: charter.dev/v1
+kind: Tool
+metadata: {name: util.strict, org: acme}
+spec:
+  version: "1"
+  input: {type: object, required: [n], properties: {n: {type: integer}}}
+  runtime: {builtin: echo}
+"#;
+    let (status, body) = env.apply(&root, strict, "").await;
+    assert_eq!(status, 200, "{body}");
+    approve_tools(env, &root, &[("util.strict", "1")]).await;
+    let strict = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: strict, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: ok, tool: util.strict, input: {n: "1"}}
+    - {name: bad, needs: [ok], tool: util.strict, input: {n: "'one'"}}
+"#;
+    let (status, body) = env.apply(&root, strict, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, started) = env
+        .post(&root, "/v1/orgs/acme/workflows/strict/runs", json!({}))
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert!(
+        !started["events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("Completed")),
+        "{started}"
+    );
+    let id = started["id"].as_str().unwrap();
+    let run = finished(env, &root, id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "input_schema_mismatch", "{run}");
+    assert_eq!(run["nodes"][0]["status"], "succeeded", "{run}");
+    let (_, trace) = env
+        .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
+        .await;
+    let refused = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "NodeStarted" && e["data"]["node"] == "bad")
+        .unwrap_or_else(|| panic!("no claim of `bad` in {trace}"));
+    assert_eq!(
+        refused["data"]["checks"]["input"]["valid"], false,
+        "{refused}"
+    );
+
     // Failures retry, then fail the run with the tool's own code; a
     // cancelled run stops its running tool.
     let flaky = r#"
