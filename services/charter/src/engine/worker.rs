@@ -5,7 +5,8 @@
 //! arrives twice, or for a node someone else holds, is dropped. The node
 //! an outcome makes ready is taken in hand at once ([`InHand`]); a call of
 //! a built-in records its outcome in the append of its claim, followed by
-//! the built-in steps it made ready (`Worker::inline_step`).
+//! the built-in steps it made ready (`Worker::chain_steps`); the start of
+//! a run chains the built-in steps ready from its start the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
