@@ -199,14 +199,16 @@ impl<A: Aggregate> Fold<A> {
 }
 
 /// Subjects, roles, role bindings, policies, tools, workflows, runs and
-/// contracts. Make one per store (see [`States`]).
+/// contracts. It keeps the states it folded, by document and stream
+/// version, so that a document it wrote is not decoded again: make one
+/// per store (one stream version means one state only within one log).
 #[derive(Default)]
 pub struct DirectoryProjector {
     states: States,
 }
 
 impl DirectoryProjector {
-    /// How many folded states it keeps (see [`States`]).
+    /// How many folded states it keeps.
     pub fn kept_states(&self) -> usize {
         self.states.lock().len()
     }
