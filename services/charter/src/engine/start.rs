@@ -195,22 +195,14 @@ pub async fn start_run(
                     .decide(&request.run, &issue)
                     .map_err(Refusal::Contract)?;
                 let mut second = run.decide(&request.run, &start).map_err(Refusal::Run)?;
-                let mut chained = 0;
-                if let Some(worker) = &worker {
-                    let (mut issued, mut started) = (contract.clone(), run.clone());
-                    for event in &first {
-                        issued.evolve(event);
-                    }
-                    for event in &second {
-                        started.evolve(event);
-                    }
-                    chained = worker.chain_steps(
+                let chained = worker.as_ref().map_or(0, |worker| {
+                    worker.complete_append(
                         &request.run,
-                        (&mut issued, &mut started),
+                        (contract, run),
                         (&mut first, &mut second),
-                    );
-                    super::worker::close_if_ended(&request.run, &issued, &mut first, &second);
-                }
+                        true,
+                    )
+                });
                 Ok::<_, Refusal>(Joint {
                     first,
                     second,

@@ -5,7 +5,7 @@
 //! arrives twice, or for a node someone else holds, is dropped. The node
 //! an outcome makes ready is taken in hand at once ([`InHand`]); a call of
 //! a built-in records its outcome in the append of its claim, followed by
-//! the built-in steps it made ready (`Worker::chain_steps`); the start of
+//! the built-in steps it made ready (`Worker::complete_append`); the start of
 //! a run chains the built-in steps ready from its start the same way.
 
 use std::collections::{HashMap, HashSet};
@@ -424,32 +424,50 @@ impl Worker {
         (authorization, forbidden)
     }
 
-    /// Adds to an append the built-in steps its events make ready, one
-    /// after the other ([`Worker::inline_step`], at most
-    /// `MAX_STEPS_IN_ONE_APPEND`): `states` are the contract and the run
-    /// with the append's `events` so far folded in, and stay so. Returns
-    /// how many steps it added.
-    pub(super) fn chain_steps(
+    /// Completes an append of a run's events and its contract's, decided
+    /// so far over `contract` and `run` as they stood: with `chain`, the
+    /// built-in steps those events make ready follow, one after the other
+    /// ([`Worker::inline_step`], at most `MAX_STEPS_IN_ONE_APPEND`); a run
+    /// that ends in the append closes its contract in it. Returns how many
+    /// steps it added.
+    pub(super) fn complete_append(
         &self,
         id: &RunId,
-        states: (&mut Contract, &mut Run),
-        events: (&mut Vec<ContractEvent>, &mut Vec<RunEvent>),
+        (contract, run): (&Contract, &Run),
+        (contract_events, run_events): (&mut Vec<ContractEvent>, &mut Vec<RunEvent>),
+        chain: bool,
     ) -> u64 {
-        let ((contract, run), (contract_events, run_events)) = (states, events);
+        let mut contract = contract.clone();
+        for event in contract_events.iter() {
+            contract.evolve(event);
+        }
         let mut chained = 0;
-        for _ in 0..MAX_STEPS_IN_ONE_APPEND {
-            let Some((more_contract, more_run)) = self.inline_step(id, run, contract) else {
-                break;
-            };
-            for event in &more_contract {
-                contract.evolve(event);
-            }
-            for event in &more_run {
+        if chain {
+            let mut run = run.clone();
+            for event in run_events.iter() {
                 run.evolve(event);
             }
-            contract_events.extend(more_contract);
-            run_events.extend(more_run);
-            chained += 1;
+            while chained < MAX_STEPS_IN_ONE_APPEND as u64 {
+                let Some((more_contract, more_run)) = self.inline_step(id, &run, &contract) else {
+                    break;
+                };
+                for event in &more_contract {
+                    contract.evolve(event);
+                }
+                for event in &more_run {
+                    run.evolve(event);
+                }
+                contract_events.extend(more_contract);
+                run_events.extend(more_run);
+                chained += 1;
+            }
+        }
+        if run_events.iter().any(RunEvent::ends_run) {
+            contract_events.extend(
+                contract
+                    .decide(id, &ContractCommand::Close)
+                    .unwrap_or_default(),
+            );
         }
         chained
     }
@@ -704,23 +722,12 @@ impl Worker {
             }
             // The built-in steps this one made ready go in the same append
             // (a run of built-ins commits once, not once per step).
-            let mut charged = contract.clone();
-            for event in &contract_events {
-                charged.evolve(event);
-            }
-            let mut chained = 0u64;
-            if outcome_known {
-                let mut stepped = run.clone();
-                for event in &run_events {
-                    stepped.evolve(event);
-                }
-                chained = self.chain_steps(
-                    &task.run,
-                    (&mut charged, &mut stepped),
-                    (&mut contract_events, &mut run_events),
-                );
-            }
-            close_if_ended(&task.run, &charged, &mut contract_events, &run_events);
+            let chained = self.complete_append(
+                &task.run,
+                (contract, run),
+                (&mut contract_events, &mut run_events),
+                outcome_known,
+            );
             let settled = refusal.is_some() || inline.is_some();
             Ok(Joint {
                 first: contract_events,
@@ -790,23 +797,6 @@ impl ErrorCode for Refusal {
             Self::Contract(r) => r.class(),
             Self::Run(r) => r.class(),
         }
-    }
-}
-
-/// A run that ends in an append closes its contract in the same append
-/// (`contract` with the append's contract events folded in).
-pub(super) fn close_if_ended(
-    id: &RunId,
-    contract: &Contract,
-    contract_events: &mut Vec<ContractEvent>,
-    run_events: &[RunEvent],
-) {
-    if run_events.iter().any(RunEvent::ends_run) {
-        contract_events.extend(
-            contract
-                .decide(id, &ContractCommand::Close)
-                .unwrap_or_default(),
-        );
     }
 }
 
