@@ -212,6 +212,8 @@ pub enum RunCommand {
         now: i64,
     },
     /// A worker takes a scheduled node (or one whose lease ran out).
+    /// While a lease runs nobody claims the node again, its holder
+    /// neither.
     Claim {
         node: NodeName,
         attempt: u32,
@@ -389,7 +391,7 @@ pub enum RunRejection {
         attempt: u32,
         state: &'static str,
     },
-    #[error("node `{0}` is running under another worker's lease")]
+    #[error("node `{0}` is running under a lease that has not run out")]
     LeaseHeld(NodeName),
     #[error("node `{0}` is not waiting for an approval")]
     NotAwaitingApproval(NodeName),
@@ -961,15 +963,15 @@ impl Aggregate for Run {
                 checks,
                 now,
             } => {
-                match state.running(node, *attempt)? {
-                    NodeState::Running {
-                        worker: holder,
-                        lease_until: held,
-                        ..
-                    } if holder != worker && *held > *now => {
-                        return Err(RunRejection::LeaseHeld(node.clone()));
-                    }
-                    _ => {}
+                // One holder at a time, whoever asks: a node whose lease
+                // has not run out is not claimed again, not even by its
+                // holder (the workers of one process may share a name).
+                if let NodeState::Running {
+                    lease_until: held, ..
+                } = state.running(node, *attempt)?
+                    && *held > *now
+                {
+                    return Err(RunRejection::LeaseHeld(node.clone()));
                 }
                 events.push(RunEvent::NodeStarted {
                     node: node.clone(),

@@ -261,8 +261,13 @@ fn leases_keep_a_node_with_one_worker_until_they_expire() {
         run.decide(&id(), &claim("w2", 1050)),
         Err(RunRejection::LeaseHeld(n("a")))
     );
-    assert_eq!(types(&step(&mut run, claim("w1", 1060))), ["NodeStarted"]);
-    assert_eq!(types(&step(&mut run, claim("w2", 1200))), ["NodeStarted"]);
+    // Not even its holder takes it twice while the lease runs.
+    assert_eq!(
+        run.decide(&id(), &claim("w1", 1060)),
+        Err(RunRejection::LeaseHeld(n("a")))
+    );
+    assert_eq!(types(&step(&mut run, claim("w2", 1100))), ["NodeStarted"]);
+    assert_eq!(types(&step(&mut run, claim("w1", 1250))), ["NodeStarted"]);
 }
 
 #[test]
@@ -377,7 +382,8 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     /// Whatever workers, approvers and clocks do: a succeeded node is never
-    /// scheduled or started again, an ended run never changes, a
+    /// scheduled or started again, a running lease is never taken over
+    /// (not even by its holder), an ended run never changes, a
     /// succeeded run has every node done, and folding the events gives
     /// the state the decision was made against.
     #[test]
@@ -431,8 +437,17 @@ proptest! {
             prop_assert!(!was_final || events.is_empty() , "an ended run changed: {:?}", events);
             for event in &events {
                 match event {
-                    RunEvent::NodeScheduled { node, .. } | RunEvent::NodeStarted { node, .. } => {
+                    RunEvent::NodeScheduled { node, .. } => {
                         prop_assert!(!succeeded.contains(node), "{} ran again", node);
+                    }
+                    RunEvent::NodeStarted { node, .. } => {
+                        prop_assert!(!succeeded.contains(node), "{} ran again", node);
+                        // One holder at a time, whoever asks.
+                        if let Some(NodeState::Running { lease_until, .. }) =
+                            run.0.as_ref().unwrap().nodes.get(node)
+                        {
+                            prop_assert!(*lease_until <= now, "{} started under a running lease", node);
+                        }
                     }
                     RunEvent::NodeSucceeded { node, .. } | RunEvent::Approved { node, .. } | RunEvent::TimerFired { node, .. } => {
                         succeeded.insert(node.clone());

@@ -161,11 +161,11 @@ fn superseded(error: &CommandError<RunRejection>) -> bool {
 impl Worker {
     pub async fn handle(&self, delivery: Delivery) {
         let task = delivery.task.clone();
-        // The workers of a process share one name, under which a claim of
-        // a node they already hold would pass: one node attempt is done by
-        // one of them at a time. A task for an attempt another one has (in
-        // hand, or from the queue) comes back a little later: by then it is
-        // done, and dropped, or given back, and done.
+        // One node attempt is done by one worker of this process at a
+        // time (the run refuses a second claim while a lease runs; this
+        // keeps a second worker from even trying). A task for an attempt
+        // another one has (in hand, or from the queue) comes back a little
+        // later: by then it is done, and dropped, or given back, and done.
         if !self.in_hand.take(&task.run, &task.node, task.attempt) {
             delivery.retry_later(Duration::from_millis(500)).await;
             return;
