@@ -1021,28 +1021,36 @@ async fn one_worker_slot_serves_many_runs_on_postgres_and_jetstream() {
 async fn bench_workflow_prints_its_figures() {
     let env = Env::start(TempDir::new(), vec![]);
     let root = env.token("root", "1h");
-    let output = charter_tests::charter_command(&env.dir.0)
-        .env("CHARTER_SERVER", env.server.url(""))
-        .env("CHARTER_TOKEN", &root)
-        .args([
-            "bench",
-            "workflow",
-            "--runs",
-            "30",
-            "--steps",
-            "3",
-            "--concurrency",
-            "4",
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let figures: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(figures["runs"], 30, "{figures}");
-    assert_eq!(figures["failed"], 0, "{figures}");
-    assert_eq!(figures["concurrency"], 4);
-    for key in ["runs_per_sec", "p50_ms", "p99_ms"] {
-        assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+    for follow in [false, true] {
+        let mut command = charter_tests::charter_command(&env.dir.0);
+        command
+            .env("CHARTER_SERVER", env.server.url(""))
+            .env("CHARTER_TOKEN", &root)
+            .args([
+                "bench",
+                "workflow",
+                "--runs",
+                "30",
+                "--steps",
+                "3",
+                "--concurrency",
+                "4",
+            ]);
+        if follow {
+            command.arg("--follow-trace");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let figures: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(figures["runs"], 30, "{figures}");
+        assert_eq!(figures["failed"], 0, "{figures}");
+        assert_eq!(figures["concurrency"], 4);
+        assert_eq!(figures["followed_trace"], follow, "{figures}");
+        // Built-in steps only: each run is done in its start's commit.
+        assert_eq!(figures["ended_at_start"], 30, "{figures}");
+        for key in ["runs_per_sec", "p50_ms", "p99_ms"] {
+            assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
+        }
     }
 }

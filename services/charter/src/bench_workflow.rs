@@ -6,10 +6,13 @@
 //! that may run workflows and call `bench.*` tools, an API key for it, the
 //! built-in no-op tool `bench.noop` (approved) and a workflow of `--steps`
 //! sequential calls to it. Each of `--concurrency` tasks then starts a run
-//! and follows its trace until it completes (the server's long-poll with
-//! `until=end`, woken by commits, answers once the run's last event is
-//! there), then starts the next. Every run is durable: each step is
-//! scheduled, queued, claimed, charged to the run's contract and recorded.
+//! and, unless the start's answer already lists the run's last event (a
+//! run of built-in steps only is done in the start's own commit), follows
+//! its trace until it completes (the server's long-poll with `until=end`,
+//! woken by commits, answers once the run's last event is there), then
+//! starts the next. With `follow_trace` every run's trace is followed, as
+//! a client watching it would. Every run is durable: each step is
+//! scheduled, claimed, charged to the run's contract and recorded.
 //!
 //! `charter bench tool-call` measures, in process, what the executor adds
 //! to a bare process spawn: limits, scrubbing, pipes, schema checks.
@@ -30,6 +33,8 @@ pub struct Plan {
     pub runs: usize,
     pub steps: usize,
     pub concurrency: usize,
+    /// Follow each run's trace even when the start's answer shows it ended.
+    pub follow_trace: bool,
 }
 
 fn round(v: f64) -> f64 {
@@ -114,6 +119,8 @@ spec:
 
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let ended_at_start = Arc::new(AtomicU64::new(0));
+    let follow_trace = plan.follow_trace;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..plan.concurrency {
@@ -126,6 +133,7 @@ spec:
             Arc::clone(&failed),
             plan.runs,
         );
+        let ended_at_start = Arc::clone(&ended_at_start);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let start_url = format!("{base}/v1/orgs/{org}/workflows/steps/runs");
@@ -138,6 +146,19 @@ spec:
                 let outcome = async {
                     let started = post(&http, &start_url, &key, &json!({"input": {}})).await?;
                     let id = started["id"].as_str().context("no run id")?.to_owned();
+                    let last = started["events"]
+                        .as_array()
+                        .and_then(|events| events.last())
+                        .and_then(Value::as_str);
+                    if let Some(end @ ("Completed" | "Failed" | "Cancelled")) = last {
+                        ended_at_start.fetch_add(1, Ordering::Relaxed);
+                        if end != "Completed" {
+                            bail!("run {id} ended at its start: {end}");
+                        }
+                        if !follow_trace {
+                            return Ok(());
+                        }
+                    }
                     let events_url = format!("{base}/v1/orgs/{org}/runs/{id}/events");
                     let mut after = 0u64;
                     loop {
@@ -194,6 +215,8 @@ spec:
         "seconds": round(elapsed),
         "runs": ok,
         "concurrency": plan.concurrency,
+        "ended_at_start": ended_at_start.load(Ordering::Relaxed),
+        "followed_trace": follow_trace,
         "runs_per_sec": round(ok as f64 / elapsed),
         "p50_ms": round(percentile(&latencies, 50.0)),
         "p99_ms": round(percentile(&latencies, 99.0)),

@@ -319,6 +319,10 @@ enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Follow each run's trace (the long-poll) even when the start's
+        /// answer already shows the run ended, as a watching client would.
+        #[arg(long)]
+        follow_trace: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -600,6 +604,7 @@ fn client(command: Command) -> ExitCode {
                 runs,
                 steps,
                 concurrency,
+                follow_trace,
                 client,
             }) => {
                 let plan = charter::bench_workflow::Plan {
@@ -610,6 +615,7 @@ fn client(command: Command) -> ExitCode {
                     runs,
                     steps,
                     concurrency,
+                    follow_trace,
                 };
                 let figures = charter::bench_workflow::run(plan).await?;
                 println!("{figures}");
