@@ -1,9 +1,11 @@
 //! Durable runs: the server is killed (SIGKILL) in the middle of several
 //! runs and started again; every run completes, no node that had completed
 //! runs again, a node that was in flight runs again only under the same
-//! idempotency key, and every node succeeds exactly once in its trace. On
-//! PostgreSQL + JetStream (the production path) and on the embedded
-//! default.
+//! idempotency key, and every node succeeds exactly once in its trace.
+//! And a server told to stop (SIGTERM) lets the calls in flight finish and
+//! record their outcomes before it exits, so nothing runs twice and no
+//! run waits for a lease after the restart. On PostgreSQL + JetStream (the
+//! production path) and on the embedded default.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -183,4 +185,141 @@ async fn runs_survive_a_crash_on_postgres_and_jetstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_survive_a_crash_on_the_embedded_default() {
     scenario(Env::start(TempDir::new(), vec![])).await;
+}
+
+const SLOW: &str = r#"
+apiVersion: charter.dev/v1
+kind: Tool
+metadata: {name: test.slow, org: acme}
+spec:
+  version: "1"
+  runtime:
+    process:
+      command: [sh, -c, "printf '%s\n' \"$CHARTER_IDEMPOTENCY_KEY\" >> \"$STEPS\"; sleep 1.5; echo '{}'"]
+      env: {STEPS: "STEPS_PATH"}
+  limits: {timeout: 60s}
+"#;
+
+const SLOW_FLOW: &str = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: slow, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: a, tool: test.slow}
+    - {name: b, needs: [a], tool: test.slow}
+"#;
+
+/// Nodes claimed (`NodeStarted`) and nodes ended (succeeded or failed) in
+/// the log, as `org:run/node`.
+fn claimed_and_ended(env: &Env) -> (BTreeSet<String>, BTreeSet<String>) {
+    let output = env.cli(&["events"]);
+    assert!(output.status.success(), "{output:?}");
+    let (mut claimed, mut ended) = (BTreeSet::new(), BTreeSet::new());
+    for event in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    {
+        let stream = event["stream_id"].as_str().unwrap_or_default();
+        let Some(run) = stream.strip_prefix("workflow_run-") else {
+            continue;
+        };
+        let key = format!(
+            "{run}/{}",
+            event["payload"]["node"].as_str().unwrap_or_default()
+        );
+        match event["event_type"].as_str() {
+            Some("NodeStarted") => claimed.insert(key),
+            Some("NodeSucceeded" | "NodeFailed") => ended.insert(key),
+            _ => false,
+        };
+    }
+    (claimed, ended)
+}
+
+async fn stopping(mut env: Env) {
+    let root = env.token("root", "1h");
+    let steps = env.dir.0.join("steps.log");
+    let (status, body) = env.apply(&root, ACME, "").await;
+    assert_eq!(status, 200, "{body}");
+    let tool = SLOW.replace("STEPS_PATH", steps.to_str().unwrap());
+    let (status, body) = env.apply(&root, &tool, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/tools/test.slow/versions/1/approve",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.apply(&root, SLOW_FLOW, "").await;
+    assert_eq!(status, 200, "{body}");
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let (status, started) = env
+            .call(
+                Method::POST,
+                "/v1/orgs/acme/workflows/slow/runs",
+                Some(&root),
+                Some(("application/json", json!({"input": {}}).to_string())),
+            )
+            .await;
+        assert_eq!(status, 200, "{started}");
+        runs.push(started["id"].as_str().unwrap().to_owned());
+    }
+    // Every run's first call is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while executions(&steps).len() < runs.len() {
+        assert!(Instant::now() < deadline, "the first calls did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = env.server.signal_and_wait("TERM");
+    assert!(status.success(), "{status:?}\n{}", env.server.log());
+
+    // Each call that was claimed before the stop ended and is on record:
+    // none is left to wait for its lease (a minute here).
+    let (claimed, ended) = claimed_and_ended(&env);
+    for id in &runs {
+        assert!(claimed.contains(&format!("acme:{id}/a")), "{claimed:?}");
+    }
+    assert_eq!(claimed, ended, "calls left unrecorded by the stop");
+
+    env.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &runs {
+        loop {
+            let (status, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), &root).await;
+            if status == 200 && run["status"] != "running" {
+                assert_eq!(run["status"], "succeeded", "{run}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not complete after the restart: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Nothing ran twice.
+    let ran = executions(&steps);
+    for id in &runs {
+        for node in ["a", "b"] {
+            let key = format!("acme:{id}/{node}");
+            assert_eq!(ran.get(&key), Some(&1), "{key} in {ran:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_finishes_its_calls_on_postgres_and_jetstream() {
+    let (_schema, _stream, settings) = postgres_and_jetstream("stopping");
+    stopping(Env::start(TempDir::new(), settings)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_finishes_its_calls_on_the_embedded_default() {
+    stopping(Env::start(TempDir::new(), vec![])).await;
 }

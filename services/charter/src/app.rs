@@ -127,8 +127,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets
-    /// in-flight requests finish (at most the configured grace) and stops
-    /// the relay.
+    /// in-flight requests and tool calls finish (at most the configured
+    /// grace) and stops the relay.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -140,7 +140,10 @@ impl Application {
         );
         let published = relay.published();
         let (stop, stopped) = watch::channel(false);
-        let relay_task = tokio::spawn(relay.run(wait_for_stop(stopped.clone())));
+        // The relay stops last: it publishes what the calls in flight
+        // record while the process stops.
+        let (stop_relay, relay_stopped) = watch::channel(false);
+        let relay_task = tokio::spawn(relay.run(wait_for_stop(relay_stopped)));
         // Every projection is known before the server answers, so that a
         // reader waiting for one from the start finds it (its runner would
         // register it too, a moment later).
@@ -203,6 +206,7 @@ impl Application {
             running: Arc::default(),
             in_hand: Arc::default(),
             workers: self.config.workers,
+            shutdown_grace: Duration::from_secs(self.config.shutdown_grace_seconds),
         });
         let engine_tasks = Arc::clone(&engine).spawn(Arc::clone(&self.store), stopped.clone());
         let gateway = Arc::new(Gateway {
@@ -260,11 +264,12 @@ impl Application {
         let _ = stop.send(true);
         upkeep.abort();
         cache_task.abort();
-        let _ = relay_task.await;
         let _ = access_task.await;
         for task in engine_tasks {
             let _ = task.await;
         }
+        let _ = stop_relay.send(true);
+        let _ = relay_task.await;
         for task in projection_tasks {
             let _ = task.await;
         }

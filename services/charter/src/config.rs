@@ -43,7 +43,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Most events in one append.
     pub max_batch: usize,
-    /// How long `serve` lets in-flight requests finish on shutdown.
+    /// How long `serve` lets in-flight requests and tool calls finish on
+    /// shutdown.
     pub shutdown_grace_seconds: u64,
     /// Where generated state lives (the token signing key, when
     /// `signing_key` is not set).

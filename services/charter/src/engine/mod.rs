@@ -256,6 +256,9 @@ pub struct Engine {
     pub in_hand: Arc<InHand>,
     /// Tasks executed at once by this process.
     pub workers: usize,
+    /// How long a stopping process waits for the calls in flight to end
+    /// and record their outcomes.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// What the driver remembers between batches.
@@ -327,6 +330,10 @@ fn run_id_of(stream: &str) -> Option<RunId> {
 
 impl Engine {
     /// Starts the driver and the workers; they stop once `stop` is true.
+    /// Then no task is taken any more, and the calls in flight have up to
+    /// `shutdown_grace` to end and record their outcomes (the workers'
+    /// task ends when they have); a node taken in hand but not begun is
+    /// left scheduled, for the next process to queue.
     pub fn spawn(
         self: Arc<Self>,
         store: Arc<dyn EventStore>,
@@ -336,7 +343,9 @@ impl Engine {
             let _ = stop.wait_for(|s| *s).await;
         };
         let shutdown = stopped(stop.clone());
-        let mut tasks = vec![tokio::spawn(Arc::clone(&self).drive(store, stopped(stop)))];
+        let mut tasks = vec![tokio::spawn(
+            Arc::clone(&self).drive(store, stopped(stop.clone())),
+        )];
         let id = format!("worker-{}", uuid::Uuid::now_v7().simple());
         let worker = Arc::new(Worker {
             handler: self.handler.clone(),
@@ -346,6 +355,7 @@ impl Engine {
             feed: self.feed.clone(),
             in_hand: Arc::clone(&self.in_hand),
             id,
+            stopping: stop.clone(),
         });
         let slots = Arc::new(tokio::sync::Semaphore::new(self.workers.max(1)));
         let _ = self
@@ -353,6 +363,7 @@ impl Engine {
             .workers
             .set((Arc::downgrade(&worker), Arc::clone(&slots)));
         let queue = Arc::clone(&self.queue);
+        let (workers, grace) = (self.workers.max(1), self.shutdown_grace);
         tasks.push(tokio::spawn(async move {
             let pull = async {
                 loop {
@@ -372,6 +383,23 @@ impl Engine {
             tokio::select! {
                 () = pull => {}
                 () = shutdown => {}
+            }
+            // Every slot back is every call in flight ended and recorded.
+            let busy = workers.saturating_sub(slots.available_permits());
+            if busy == 0 {
+                return;
+            }
+            tracing::info!(busy, "waiting for the tool calls in flight");
+            let all = u32::try_from(workers).unwrap_or(u32::MAX);
+            if tokio::time::timeout(grace, slots.acquire_many(all))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "tool calls still running after the grace period are stopped; \
+                     their nodes run again once their leases end"
+                );
             }
         }));
         tasks

@@ -142,6 +142,8 @@ pub struct Worker {
     pub feed: super::RunFeed,
     pub in_hand: Arc<InHand>,
     pub id: String,
+    /// True once the process stops: no further node is begun.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn meta(run: &RunId, kind: &str) -> CommandMeta {
@@ -231,6 +233,12 @@ impl Worker {
     /// here: any other node goes to the queue.
     pub(super) async fn go_on(&self, mut next: Option<Task>, slotted: bool) {
         while let Some(task) = next.take() {
+            if *self.stopping.borrow() {
+                // The node stays scheduled in the store, where the next
+                // process (or another one now) finds it.
+                self.in_hand.give_back(&task, 0);
+                return;
+            }
             if !slotted && !self.is_builtin(&task) {
                 self.in_hand.give_back(&task, 0);
                 return;
