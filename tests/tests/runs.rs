@@ -278,6 +278,40 @@ spec:
     }
     assert_eq!(env.events(), before, "a refused definition stores nothing");
 
+    // A tool and a workflow calling it in one apply: the workflow is
+    // checked against the tool as the apply leaves it, registered but not
+    // yet approved, and the whole apply is refused for that.
+    let together = r#"
+apiVersion: charter.dev/v1
+kind: Workflow
+metadata: {name: fresh, org: acme}
+spec:
+  version: "1"
+  nodes:
+    - {name: a, tool: util.fresh}
+---
+apiVersion: charter.dev/v1
+kind: Tool
+metadata: {name: util.fresh, org: acme}
+spec:
+  version: "1"
+  runtime: {builtin: echo}
+"#;
+    let (status, body) = env.apply(&root, together, "").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(code(&body), "invalid_workflow", "{body}");
+    let problems = &body["details"]["problems"];
+    assert_eq!(problems.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(problems[0]["path"], "spec.nodes[0].tool", "{body}");
+    assert!(
+        problems[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`util.fresh` has no approved version"),
+        "{body}"
+    );
+    assert_eq!(env.events(), before, "a refused apply stores nothing");
+
     let (status, body) = env.apply(&root, REPORT, "").await;
     assert_eq!(status, 200, "{body}");
 

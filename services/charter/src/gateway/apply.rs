@@ -34,7 +34,7 @@ use charter_domain::tool::{Tool, ToolCommand};
 use charter_domain::workflow::Workflow;
 
 use super::commands::{BindingIntent, Intent, SubjectIntent, ToolIntent};
-use super::{ApiError, Caller, Gateway, Pending, Ready, Target, actor_of};
+use super::{ApiError, Caller, DeclaredTools, Gateway, Pending, Ready, Target, actor_of};
 
 /// What to do with the manifests.
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, utoipa::IntoParams)]
@@ -206,6 +206,7 @@ impl Gateway {
         let mut orgs: HashMap<OrgName, (Organization, StreamVersion)> = HashMap::new();
         let mut plans: Vec<Planned> = Vec::new();
         let mut problems: Vec<ApiError> = Vec::new();
+        let mut declared_tools = DeclaredTools::new();
         for (document, manifest) in &order {
             let document = *document;
             let org = manifest
@@ -398,7 +399,9 @@ impl Gateway {
                     let intents = if registered {
                         vec![]
                     } else {
-                        if let Err(mut error) = self.check_workflow(&id, spec).await {
+                        if let Err(mut error) =
+                            self.check_workflow(&id, spec, &declared_tools).await
+                        {
                             error.message =
                                 format!("document {document} ({kind} `{name}`): {}", error.message);
                             problems.push(error);
@@ -493,11 +496,21 @@ impl Gateway {
                     _ => None,
                 })
                 .map(|e| rejected(document, kind, &name, &e)),
-                Staged::Tool(mut state) => dry_all(&mut state, &readies, |r| match r {
-                    Ready::Tool(id, c) => Some((id, c)),
-                    _ => None,
-                })
-                .map(|e| rejected(document, kind, &name, &e)),
+                Staged::Tool(mut state) => {
+                    let rejection = dry_all(&mut state, &readies, |r| match r {
+                        Ready::Tool(id, c) => Some((id, c)),
+                        _ => None,
+                    })
+                    .map(|e| rejected(document, kind, &name, &e));
+                    // A workflow later in the apply is checked against the
+                    // tool as this apply leaves it.
+                    if rejection.is_none()
+                        && let (Manifest::Tool { metadata, .. }, Some(tool)) = (manifest, state.0)
+                    {
+                        declared_tools.insert((org.clone(), metadata.name.clone()), tool);
+                    }
+                    rejection
+                }
                 Staged::Workflow(mut state) => dry_all(&mut state, &readies, |r| match r {
                     Ready::Workflow(id, c) => Some((id, c)),
                     _ => None,

@@ -43,6 +43,12 @@ use crate::auth::{AuthError, Authenticator, Principal};
 use charter_domain::tool::{Tool, ToolCommand, ToolId};
 use charter_domain::workflow::{Workflow, WorkflowCommand, WorkflowId};
 use commands::{BindingIntent, CommandRequest, Intent, SubjectIntent, ToolIntent};
+
+/// Tools an apply registers, as it leaves them, by org and name.
+pub(crate) type DeclaredTools = std::collections::HashMap<
+    (OrgName, charter_domain::tool::ToolName),
+    charter_domain::tool::ToolState,
+>;
 use views::DecisionView;
 
 /// Every API error: a class (the HTTP status), a stable code, a message
@@ -774,7 +780,7 @@ impl Gateway {
         });
         let decision = self.settle(caller, verb, &target, verdict).await?;
         if let Intent::Workflow(id, spec) = &intent {
-            self.check_workflow(id, spec).await?;
+            self.check_workflow(id, spec, &DeclaredTools::new()).await?;
         }
         let actor = actor_of(caller);
         let (ready, api_key) = self.access.read_all(|authorizer, facts| {
@@ -807,15 +813,23 @@ impl Gateway {
 
     /// Checks a workflow definition whole against what it refers to;
     /// every problem is reported, with its path.
+    /// Checks a workflow definition against the org's tools and workflows
+    /// (and the tools `declared` by the same apply, as it leaves them).
     pub(crate) async fn check_workflow(
         &self,
         id: &WorkflowId,
         spec: &charter_domain::workflow::WorkflowSpec,
+        declared: &DeclaredTools,
     ) -> Result<(), ApiError> {
         use charter_domain::workflow::{Known, NodeKind, validate};
         let mut known = Known::default();
         for node in &spec.nodes {
             match node.kind() {
+                Some(NodeKind::Tool(name, _))
+                    if let Some(state) = declared.get(&(id.org.clone(), name.clone())) =>
+                {
+                    known.tools.insert(name.clone(), state.clone());
+                }
                 Some(NodeKind::Tool(name, _)) if !known.tools.contains_key(name) => {
                     let tool = self
                         .handler
