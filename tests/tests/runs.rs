@@ -337,6 +337,21 @@ spec:
     assert_eq!(types.first().map(String::as_str), Some("Started"));
     assert_eq!(types.last().map(String::as_str), Some("Completed"));
     assert!(types.contains(&"NodeSkipped".to_owned()), "{types:?}");
+    // Waiting for more of a run that ended: nothing can come, and the
+    // empty answer does not wait its 30 s.
+    let last = trace.as_array().unwrap().last().unwrap()["version"].clone();
+    let response = env
+        .http
+        .get(env.server.url(&format!(
+            "/v1/orgs/acme/runs/{id}/events?after={last}&waitMs=30000"
+        )))
+        .bearer_auth(&root)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an ended run's empty trace read answers at once");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!([]));
     let started = first_started(&trace);
     assert_eq!(started["data"]["checks"]["authorization"]["allowed"], true);
     assert_eq!(started["data"]["checks"]["contract"]["admitted"], true);

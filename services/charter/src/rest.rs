@@ -632,7 +632,9 @@ pub struct TraceQuery {
     /// At most this many (1 to 1000, default 500).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// When nothing is there yet, wait up to this long (at most 30000).
+    /// When nothing is there yet, wait up to this long (at most 30000)
+    /// for the next event; a run that ended has none to come, and answers
+    /// at once.
     #[serde(default)]
     pub wait_ms: Option<u64>,
     /// `end`: wait (up to `waitMs`) until the run's last event is there,

@@ -47,6 +47,11 @@ pub fn follow_run(
                     .await
                 {
                     Ok(events) => {
+                        // Nothing after `after` in a run that ended: the
+                        // stream is over.
+                        if events.is_empty() && matches!(gateway.has_ended(&run).await, Ok(true)) {
+                            return None;
+                        }
                         pending = events;
                         pending.reverse();
                     }

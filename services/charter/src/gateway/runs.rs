@@ -262,7 +262,8 @@ impl Gateway {
     }
 
     /// The trace after `after`, waiting up to `wait` (at most 30 s) for
-    /// the run's next event when there is none yet, or, with `until_end`,
+    /// the run's next event when there is none yet (an ended run has none
+    /// to come: the empty answer is at once), or, with `until_end`,
     /// until the run's last event is there or `limit` events are. It wakes
     /// when this process records an event of the run (a periodic look
     /// covers one missed), and reads the trace this process holds, or the
@@ -300,8 +301,9 @@ impl Gateway {
             let seen = events.last().map_or(after, |event| event.version);
             let answer = match events.last() {
                 _ if Instant::now() >= deadline => true,
-                None if until_end => self.has_ended(run).await?,
-                None => false,
+                // Nothing after `after`, and nothing can come when the run
+                // has ended: no use waiting.
+                None => self.has_ended(run).await?,
                 Some(last) => !until_end || last.is_final() || events.len() >= limit,
             };
             if answer {
@@ -313,7 +315,7 @@ impl Gateway {
 
     /// Whether the run has recorded its last event: as the trace held
     /// here says, or else as the store does.
-    async fn has_ended(&self, run: &RunId) -> Result<bool, ApiError> {
+    pub(crate) async fn has_ended(&self, run: &RunId) -> Result<bool, ApiError> {
         if let Some((_, ended)) = self.run_traces.progress(run) {
             return Ok(ended);
         }
