@@ -520,13 +520,38 @@ async fn scenario(env: &Env) {
             .contains("complex"),
         "{data}"
     );
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "query_too_complex",
+        "{data}"
+    );
     let deep = format!(
         "{{ {}__typename{} }}",
         "organizations { items { ".repeat(8),
         " } }".repeat(8)
     );
     let data = env.graphql(Some(&root), &deep).await;
-    assert!(data["errors"].is_array(), "{data}");
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "query_too_deep",
+        "{data}"
+    );
+    // A query that does not parse, and one that breaks the schema.
+    let data = env
+        .graphql(Some(&root), "{ organizations { items { name } ")
+        .await;
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "query_parse_failed",
+        "{data}"
+    );
+    let data = env
+        .graphql(
+            Some(&root),
+            r#"mutation { startRun(org: "acme", workflow: "x", inptu: {}) { id } }"#,
+        )
+        .await;
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "invalid_query",
+        "{data}"
+    );
     let data = env
         .graphql(Some(&alice), r#"mutation { submitCommand(command: {kind: "Role", org: "acme", name: "viewer", command: {type: "Define", rules: [{actions: ["get"], resources: ["*"]}]}}) { events position } }"#)
         .await;

@@ -693,8 +693,32 @@ async fn graphql(
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
     let auth = Auth(state.gateway.authenticate(header));
-    let response = state.schema.execute(request.data(auth)).await;
+    let mut response = state.schema.execute(request.data(auth)).await;
+    for error in &mut response.errors {
+        code_request_error(error);
+    }
     axum::Json(response).into_response()
+}
+
+/// Gives an error the engine raised before running the request (the query
+/// does not parse, breaks the schema or passes a limit) its
+/// `extensions.code`; the resolvers' errors carry theirs already.
+fn code_request_error(error: &mut async_graphql::ServerError) {
+    let extensions = error.extensions.get_or_insert_with(Default::default);
+    if extensions.get("code").is_some() {
+        return;
+    }
+    let code = if error.message.trim_start().starts_with("-->") {
+        "query_parse_failed"
+    } else if error.message.contains("too complex") {
+        "query_too_complex"
+    } else if error.message.contains("nested too deep") {
+        "query_too_deep"
+    } else {
+        "invalid_query"
+    };
+    extensions.set("code", code);
+    extensions.set("status", 400);
 }
 
 fn graphql_failure(status: axum::http::StatusCode, code: &str, message: &str) -> Response {
