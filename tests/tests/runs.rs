@@ -1070,7 +1070,7 @@ async fn one_worker_slot_serves_many_runs_on_postgres_and_jetstream() {
 async fn bench_workflow_prints_its_figures() {
     let env = Env::start(TempDir::new(), vec![]);
     let root = env.token("root", "1h");
-    for follow in [false, true] {
+    for (follow, process) in [(false, false), (true, false), (false, true)] {
         let mut command = charter_tests::charter_command(&env.dir.0);
         command
             .env("CHARTER_SERVER", env.server.url(""))
@@ -1088,6 +1088,9 @@ async fn bench_workflow_prints_its_figures() {
         if follow {
             command.arg("--follow-trace");
         }
+        if process {
+            command.arg("--process");
+        }
         let output = command.output().unwrap();
         assert!(output.status.success(), "{output:?}");
         let stdout = String::from_utf8(output.stdout).unwrap();
@@ -1096,8 +1099,15 @@ async fn bench_workflow_prints_its_figures() {
         assert_eq!(figures["failed"], 0, "{figures}");
         assert_eq!(figures["concurrency"], 4);
         assert_eq!(figures["followed_trace"], follow, "{figures}");
-        // Built-in steps only: each run is done in its start's commit.
-        assert_eq!(figures["ended_at_start"], 30, "{figures}");
+        // Built-in steps only: each run is done in its start's commit; a
+        // process tool runs in a worker, after the start.
+        let at_start = if process { 0 } else { 30 };
+        assert_eq!(figures["ended_at_start"], at_start, "{figures}");
+        assert_eq!(
+            figures["tool"],
+            if process { "process" } else { "builtin" },
+            "{figures}"
+        );
         for key in ["runs_per_sec", "p50_ms", "p99_ms"] {
             assert!(figures[key].as_f64().unwrap() > 0.0, "{key} in {figures}");
         }

@@ -5,7 +5,10 @@
 //! Set-up (as root, `CHARTER_TOKEN`): a fresh org with a service account
 //! that may run workflows and call `bench.*` tools, an API key for it, the
 //! built-in no-op tool `bench.noop` (approved) and a workflow of `--steps`
-//! sequential calls to it. Each of `--concurrency` tasks then starts a run
+//! sequential calls to it. With `process`, the tool is a process instead
+//! (`sh -c 'cat >/dev/null; echo {}'`), so that every step goes the way of
+//! real tools: queued or taken in hand, claimed and charged in one append,
+//! run by a worker, its outcome recorded in another. Each of `--concurrency` tasks then starts a run
 //! and, unless the start's answer already lists the run's last event (a
 //! run of built-in steps only is done in the start's own commit), follows
 //! its trace until it completes (the server's long-poll with `until=end`,
@@ -35,6 +38,8 @@ pub struct Plan {
     pub concurrency: usize,
     /// Follow each run's trace even when the start's answer shows it ended.
     pub follow_trace: bool,
+    /// Steps call a process tool rather than the built-in no-op.
+    pub process: bool,
 }
 
 fn round(v: f64) -> f64 {
@@ -63,6 +68,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             }
         })
         .collect();
+    let runtime = if plan.process {
+        "{process: {command: [sh, -c, \"cat > /dev/null; echo '{}'\"]}}"
+    } else {
+        "{builtin: noop}"
+    };
     let setup = format!(
         "apiVersion: charter.dev/v1
 kind: Organization
@@ -91,7 +101,7 @@ kind: Tool
 metadata: {{name: bench.noop, org: {org}}}
 spec:
   version: \"1\"
-  runtime: {{builtin: noop}}
+  runtime: {runtime}
 "
     );
     apply_as_root(&http, &base, &plan.root_token, setup).await?;
@@ -217,6 +227,7 @@ spec:
         "concurrency": plan.concurrency,
         "ended_at_start": ended_at_start.load(Ordering::Relaxed),
         "followed_trace": follow_trace,
+        "tool": if plan.process { "process" } else { "builtin" },
         "runs_per_sec": round(ok as f64 / elapsed),
         "p50_ms": round(percentile(&latencies, 50.0)),
         "p99_ms": round(percentile(&latencies, 99.0)),

@@ -323,6 +323,10 @@ enum BenchCommand {
         /// answer already shows the run ended, as a watching client would.
         #[arg(long)]
         follow_trace: bool,
+        /// The steps call a process tool (`sh`) instead of the built-in
+        /// no-op: the path of real tools, through the workers.
+        #[arg(long)]
+        process: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -605,6 +609,7 @@ fn client(command: Command) -> ExitCode {
                 steps,
                 concurrency,
                 follow_trace,
+                process,
                 client,
             }) => {
                 let plan = charter::bench_workflow::Plan {
@@ -616,6 +621,7 @@ fn client(command: Command) -> ExitCode {
                     steps,
                     concurrency,
                     follow_trace,
+                    process,
                 };
                 let figures = charter::bench_workflow::run(plan).await?;
                 println!("{figures}");
