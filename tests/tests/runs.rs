@@ -594,6 +594,14 @@ spec:
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "exit_nonzero", "{run}");
     assert_eq!(run["nodes"][0]["attempts"], 2, "{run}");
+    // The tool's stderr is quoted in the message, without its newline.
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("the tool exited with status 3 (stderr: broken)"),
+        "{run}"
+    );
     let (_, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;

@@ -876,10 +876,9 @@ fn outcome_command(task: &Task, result: Result<Success, Failure>) -> RunCommand 
             attempt: task.attempt,
             failure: NodeFailure {
                 code: failure.code.as_str().to_owned(),
-                message: if failure.stderr.is_empty() {
-                    failure.message
-                } else {
-                    format!("{} (stderr: {})", failure.message, failure.stderr)
+                message: match failure.stderr.trim() {
+                    "" => failure.message,
+                    stderr => format!("{} (stderr: {stderr})", failure.message),
                 },
                 retryable: failure.retryable,
             },
