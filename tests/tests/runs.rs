@@ -324,11 +324,16 @@ spec:
         run["output"]["report"],
         json!({"words": 3, "reviewed": false})
     );
-    // Each node after the first was taken in hand by the worker that
-    // recorded the node before it (and the first by a free worker, as the
-    // run was started here), not queued.
+    // The first node was taken in hand by a free worker, as the run was
+    // started here (the driver left it to the start, and queued nothing);
+    // the built-in step its outcome made ready went in that outcome's
+    // append.
     let in_hand = counter(env, "charter_engine_tasks_in_hand_total").await;
-    assert!(in_hand >= 2.0, "nodes taken in hand: {in_hand}");
+    assert_eq!(in_hand, 1.0, "nodes taken in hand");
+    let queued = counter(env, "charter_engine_tasks_queued_total").await;
+    assert_eq!(queued, 0.0, "nodes queued");
+    let chained = counter(env, "charter_engine_steps_in_one_append_total").await;
+    assert_eq!(chained, 1.0, "steps chained in an append");
     let (status, trace) = env
         .get(&format!("/v1/orgs/acme/runs/{id}/events"), &root)
         .await;

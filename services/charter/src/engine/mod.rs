@@ -142,7 +142,7 @@ impl RunFeed {
         if let Some((worker, task, slot)) = handed {
             tokio::spawn(async move {
                 let slotted = slot.is_some();
-                worker.go_on(Some(task), slotted).await;
+                worker.go_on(Some(worker::Next::Task(task)), slotted).await;
                 drop(slot);
             });
         }
@@ -597,7 +597,7 @@ impl Engine {
         attempt: u32,
         lease: i64,
     ) {
-        if lease == 0 && self.in_hand.holds(id, node, attempt) {
+        if lease == 0 && (self.in_hand.holds(id, node, attempt) || self.in_hand.defers(id)) {
             return;
         }
         let task = Task {

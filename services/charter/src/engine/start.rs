@@ -186,6 +186,10 @@ pub async fn start_run(
     // again after a conflict repeats nothing outside). The first node that
     // is not a built-in is handed over after.
     let worker = feed.worker();
+    // The driver leaves the first node to the hand-over below.
+    let appending = worker
+        .as_ref()
+        .map(|worker| worker.in_hand.appending(&request.run));
     let outcome = handler
         .handle_together::<Contract, Run, _, _>(
             (&request.run, &meta(Contract::KIND)),
@@ -213,6 +217,7 @@ pub async fn start_run(
         .await?;
     metrics::counter!("charter_engine_steps_in_one_append_total").increment(outcome.value);
     feed.send_and_hand_over(&request.run, &outcome.second, &request.by);
+    drop(appending);
     Ok(Started {
         run: request.run,
         position: outcome.second.position,

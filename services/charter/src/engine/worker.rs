@@ -6,7 +6,10 @@
 //! an outcome makes ready is taken in hand at once ([`InHand`]); a call of
 //! a built-in records its outcome in the append of its claim, followed by
 //! the built-in steps it made ready (`Worker::complete_append`); the start of
-//! a run chains the built-in steps ready from its start the same way.
+//! a run chains the built-in steps ready from its start the same way. A
+//! process or HTTP call's outcome is recorded with the run's contract, the
+//! built-in steps it made ready, and the claim and charge of the next call
+//! (checked as any claim), which the same worker then runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use charter_domain::ids::Scoped;
 use charter_domain::run::{
     NodeFailure, NodeState, PinnedTool, Run, RunCommand, RunEvent, RunId, RunRejection, RunState,
 };
-use charter_domain::tool::Tool;
+use charter_domain::tool::{Tool, ToolName, ToolSpec};
 use charter_domain::workflow::{NodeKind, NodeName, NodeSpec};
 use charter_domain::{Actor, Aggregate, ErrorCode};
 use charter_executor::{Call, Executor, Failure, Success};
@@ -39,6 +42,38 @@ use crate::gateway::views::DecisionView;
 const LEASE_GRACE_MS: i64 = 5_000;
 /// Most built-in steps a worker records in one append after its own.
 const MAX_STEPS_IN_ONE_APPEND: usize = 32;
+
+/// What a worker does next, once an outcome is recorded.
+pub(super) enum Next {
+    /// A node taken in hand: checked and claimed as any task.
+    Task(Task),
+    /// A call claimed (and charged) in the append of the outcome before
+    /// it: it only has to run.
+    Claimed(Box<ClaimedStep>),
+}
+
+/// A tool call whose claim is on record, with what running it takes.
+pub(super) struct ClaimedStep {
+    task: Task,
+    tool: ToolName,
+    spec: ToolSpec,
+    input: Value,
+    idempotency_key: String,
+    scopes: Vec<String>,
+}
+
+impl ClaimedStep {
+    fn call(&self) -> Call<'_> {
+        Call {
+            org: &self.task.run.org,
+            tool: &self.tool,
+            spec: &self.spec,
+            input: &self.input,
+            idempotency_key: &self.idempotency_key,
+            scopes: &self.scopes,
+        }
+    }
+}
 
 /// The calls running in this process, so that a cancelled or failed run
 /// can stop them.
@@ -89,6 +124,9 @@ impl Running {
 /// node whose worker failed goes back to the driver, which queues it.
 pub struct InHand {
     nodes: Mutex<HashSet<(RunId, NodeName, u32)>>,
+    /// Runs this process is appending to (how many appends at once), and
+    /// whether the driver passed a node of one by meanwhile.
+    appending: Mutex<HashMap<RunId, (u32, bool)>>,
     back: tokio::sync::mpsc::UnboundedSender<(RunId, i64)>,
     /// Runs to look at again, and when; taken by the driver when it starts.
     pub(super) returned: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(RunId, i64)>>>,
@@ -99,6 +137,7 @@ impl Default for InHand {
         let (back, returned) = tokio::sync::mpsc::unbounded_channel();
         Self {
             nodes: Mutex::default(),
+            appending: Mutex::default(),
             back,
             returned: Mutex::new(Some(returned)),
         }
@@ -131,6 +170,65 @@ impl InHand {
     pub(super) fn give_back(&self, task: &Task, delay_ms: i64) {
         self.release(&task.run, &task.node, task.attempt);
         let _ = self.back.send((task.run.clone(), now_ms() + delay_ms));
+    }
+
+    fn appending_runs(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, (u32, bool)>> {
+        self.appending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while this process appends to a run and then takes in hand
+    /// what the append made ready: the log may hand the append to the
+    /// driver before that, and the driver would queue a node about to be
+    /// taken. It waits instead, and looks at the run again once the
+    /// append and the taking are over.
+    pub(super) fn appending(&self, run: &RunId) -> Appending<'_> {
+        self.appending_runs().entry(run.clone()).or_default().0 += 1;
+        Appending {
+            in_hand: self,
+            run: run.clone(),
+        }
+    }
+
+    /// Whether a scheduled node of the run waits for an append of this
+    /// process to it (see [`InHand::appending`]); the driver hears of the
+    /// run again when that ends.
+    pub fn defers(&self, run: &RunId) -> bool {
+        match self.appending_runs().get_mut(run) {
+            Some((_, passed)) => {
+                *passed = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// An append to a run under way in this process ([`InHand::appending`]).
+pub(super) struct Appending<'a> {
+    in_hand: &'a InHand,
+    run: RunId,
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        let passed = {
+            let mut runs = self.in_hand.appending_runs();
+            let Some((count, passed)) = runs.get_mut(&self.run) else {
+                return;
+            };
+            *count -= 1;
+            if *count > 0 {
+                return;
+            }
+            let passed = *passed;
+            runs.remove(&self.run);
+            passed
+        };
+        if passed {
+            let _ = self.in_hand.back.send((self.run.clone(), now_ms()));
+        }
     }
 }
 
@@ -231,8 +329,22 @@ impl Worker {
     ///
     /// Without a worker slot (`slotted` false) only built-in tools run
     /// here: any other node goes to the queue.
-    pub(super) async fn go_on(&self, mut next: Option<Task>, slotted: bool) {
-        while let Some(task) = next.take() {
+    pub(super) async fn go_on(&self, mut next: Option<Next>, slotted: bool) {
+        while let Some(step) = next.take() {
+            let task = match step {
+                Next::Task(task) => task,
+                // Claimed with the outcome before it (only by a worker
+                // holding a slot): it runs, whatever else happens.
+                Next::Claimed(step) => {
+                    match self.run_claimed(*step).await {
+                        Ok(following) => next = following,
+                        Err(error) => {
+                            tracing::warn!(%error, "a claimed call's outcome was not recorded; its node runs again after its lease")
+                        }
+                    }
+                    continue;
+                }
+            };
             if *self.stopping.borrow() {
                 // The node stays scheduled in the store, where the next
                 // process (or another one now) finds it.
@@ -297,14 +409,15 @@ impl Worker {
 
     /// Records a node's outcome; answers the node it made ready, taken in
     /// hand.
-    async fn report(&self, run: &RunId, command: RunCommand) -> anyhow::Result<Option<Task>> {
+    async fn report(&self, run: &RunId, command: RunCommand) -> anyhow::Result<Option<Next>> {
+        let _appending = self.in_hand.appending(run);
         match self
             .handler
             .handle_new::<Run>(run, &command, &meta(run, Run::KIND))
             .await
         {
             Ok(outcome) => {
-                let next = self.take_next(run);
+                let next = self.take_next(run).map(Next::Task);
                 self.feed.send_outcome(run, &outcome, &Actor::system());
                 Ok(next)
             }
@@ -325,7 +438,7 @@ impl Worker {
     }
 
     /// Does a task; answers the node its outcome made ready, taken in hand.
-    async fn execute(&self, task: &Task) -> anyhow::Result<Option<Task>> {
+    async fn execute(&self, task: &Task) -> anyhow::Result<Option<Next>> {
         let Some((run, input)) = self.wanted(task).await? else {
             return Ok(None);
         };
@@ -441,15 +554,31 @@ impl Worker {
     pub(super) fn complete_append(
         &self,
         id: &RunId,
+        states: (&Contract, &Run),
+        events: (&mut Vec<ContractEvent>, &mut Vec<RunEvent>),
+        chain: bool,
+    ) -> u64 {
+        self.complete_and_claim(id, states, events, chain, false).0
+    }
+
+    /// [`Worker::complete_append`], and then, with `claim_next`, the claim
+    /// (and charge) of the call the chain stopped at, when it passes every
+    /// check: the worker that made the append runs it next. A step that
+    /// fails a check is left to the usual path, which records why.
+    fn complete_and_claim(
+        &self,
+        id: &RunId,
         (contract, run): (&Contract, &Run),
         (contract_events, run_events): (&mut Vec<ContractEvent>, &mut Vec<RunEvent>),
         chain: bool,
-    ) -> u64 {
+        claim_next: bool,
+    ) -> (u64, Option<ClaimedStep>) {
         let mut contract = contract.clone();
         for event in contract_events.iter() {
             contract.evolve(event);
         }
         let mut chained = 0;
+        let mut claimed = None;
         if chain {
             let mut run = run.clone();
             for event in run_events.iter() {
@@ -469,6 +598,17 @@ impl Worker {
                 run_events.extend(more_run);
                 chained += 1;
             }
+            if claim_next
+                && let Some((more_contract, more_run, step)) =
+                    self.claim_step(id, &run, &contract, false)
+            {
+                for event in &more_contract {
+                    contract.evolve(event);
+                }
+                contract_events.extend(more_contract);
+                run_events.extend(more_run);
+                claimed = Some(step);
+            }
         }
         if run_events.iter().any(RunEvent::ends_run) {
             contract_events.extend(
@@ -477,7 +617,7 @@ impl Worker {
                     .unwrap_or_default(),
             );
         }
-        chained
+        (chained, claimed)
     }
 
     /// The next step of a run, decided from `run` and `contract` as they
@@ -494,6 +634,34 @@ impl Worker {
         run: &Run,
         contract: &Contract,
     ) -> Option<(Vec<ContractEvent>, Vec<RunEvent>)> {
+        let (contract_events, mut run_events, step) = self.claim_step(id, run, contract, true)?;
+        let result = self.executor.call_inline(&step.call())?;
+        let mut claimed = run.clone();
+        for event in &run_events {
+            claimed.evolve(event);
+        }
+        run_events.extend(
+            claimed
+                .decide(id, &outcome_command(&step.task, result))
+                .ok()?,
+        );
+        Some((contract_events, run_events))
+    }
+
+    /// The charge and claim of the run's first ready tool node, decided
+    /// from `run` and `contract` as they stand inside an append, when its
+    /// pinned version is known to this process's cache, runnable and a
+    /// built-in or not as `inline` says, the starter may call it with that
+    /// input, the input fits the tool's schema and the contract admits the
+    /// call; with what running it takes. The checks on record are those a
+    /// worker taking the node alone would record.
+    fn claim_step(
+        &self,
+        id: &RunId,
+        run: &Run,
+        contract: &Contract,
+        inline: bool,
+    ) -> Option<(Vec<ContractEvent>, Vec<RunEvent>, ClaimedStep)> {
         let state = run.0.as_deref()?;
         let now = now_ms();
         let (node, attempt) = ready_tool_node(state, now)?;
@@ -511,33 +679,42 @@ impl Worker {
             Tool::KIND,
             &charter_commands::StreamId::for_aggregate::<Tool>(&tool_id).ok()?,
         )?;
-        let tool_spec = tool
+        let mut spec = tool
             .0
             .as_ref()?
             .runnable(Some(&pinned.version))
             .ok()?
             .spec
             .clone();
-        if !Executor::runs_inline(&tool_spec) {
+        if Executor::runs_inline(&spec) != inline {
             return None;
+        }
+        if let Some(timeout) = state
+            .plan
+            .spec
+            .nodes
+            .iter()
+            .find(|n| n.name == task.node)
+            .and_then(|n| n.timeout)
+            && timeout < spec.limits.timeout
+        {
+            spec.limits.timeout = timeout;
         }
         let (authorization, forbidden) = self.authorize(state, &id.org, pinned, &input);
         if forbidden.is_some() {
             return None;
         }
-        let idempotency_key = state.idempotency_key(&task.node);
-        let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
-        let call = Call {
-            org: &id.org,
-            tool: &pinned.name,
-            spec: &tool_spec,
-            input: &input,
-            idempotency_key: &idempotency_key,
-            scopes: &scopes,
+        let step = ClaimedStep {
+            idempotency_key: state.idempotency_key(&task.node),
+            scopes: state.plan.spec.scopes.iter().cloned().collect(),
+            tool: pinned.name.clone(),
+            input,
+            spec,
+            task,
         };
-        self.executor.check_input(&call).ok()?;
+        self.executor.check_input(&step.call()).ok()?;
         let contract_events = contract
-            .decide(id, &charge(&task, pinned, tool_spec.cost, now))
+            .decide(id, &charge(&step.task, pinned, step.spec.cost, now))
             .ok()?;
         let Some(ContractEvent::CallAdmitted {
             calls_used,
@@ -547,12 +724,11 @@ impl Worker {
         else {
             return None;
         };
-        let result = self.executor.call_inline(&call)?;
         let claim = RunCommand::Claim {
-            node: task.node.clone(),
-            attempt: task.attempt,
+            node: step.task.node.clone(),
+            attempt: step.task.attempt,
             worker: self.id.clone(),
-            lease_until: now + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS,
+            lease_until: now + step.spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS,
             checks: json!({
                 "tool": pinned.name.as_str(),
                 "version": pinned.version.as_str(),
@@ -562,13 +738,8 @@ impl Worker {
             }),
             now,
         };
-        let mut run_events = run.decide(id, &claim).ok()?;
-        let mut claimed = run.clone();
-        for event in &run_events {
-            claimed.evolve(event);
-        }
-        run_events.extend(claimed.decide(id, &outcome_command(&task, result)).ok()?);
-        Some((contract_events, run_events))
+        let run_events = run.decide(id, &claim).ok()?;
+        Some((contract_events, run_events, step))
     }
 
     async fn call_tool(
@@ -577,7 +748,7 @@ impl Worker {
         spec: &NodeSpec,
         task: &Task,
         input: Value,
-    ) -> anyhow::Result<Option<Task>> {
+    ) -> anyhow::Result<Option<Next>> {
         let org = &task.run.org;
         let fail = |code: &str, message: String| RunCommand::Fail {
             node: task.node.clone(),
@@ -743,6 +914,7 @@ impl Worker {
                 value: (settled, chained),
             })
         };
+        let appending = self.in_hand.appending(&task.run);
         let outcome = self
             .handler
             .handle_together::<Contract, Run, _, _>(
@@ -755,7 +927,10 @@ impl Worker {
             Ok(outcome) => {
                 let (settled, chained) = outcome.value;
                 metrics::counter!("charter_engine_steps_in_one_append_total").increment(chained);
-                let next = settled.then(|| self.take_next(&task.run)).flatten();
+                let next = settled
+                    .then(|| self.take_next(&task.run))
+                    .flatten()
+                    .map(Next::Task);
                 self.feed.send(&task.run, &outcome.second, &Actor::system());
                 if settled {
                     return Ok(next);
@@ -768,19 +943,96 @@ impl Worker {
             }
             Err(error) => return Err(anyhow::anyhow!("claiming a node: {error}")),
         }
+        drop(appending);
 
+        self.run_claimed(ClaimedStep {
+            task: task.clone(),
+            tool: pinned.name.clone(),
+            spec: tool_spec,
+            input,
+            idempotency_key,
+            scopes,
+        })
+        .await
+    }
+
+    /// Runs a call whose claim is on record, then records its outcome.
+    async fn run_claimed(&self, step: ClaimedStep) -> anyhow::Result<Option<Next>> {
+        let task = &step.task;
         let stopped = self.running.register(&task.run, &task.node);
         let outcome = tokio::select! {
-            outcome = self.executor.call(call) => Some(outcome),
+            outcome = self.executor.call(step.call()) => Some(outcome),
             _ = stopped => None,
         };
         self.running.forget(&task.run, &task.node);
-        let command = match outcome {
+        match outcome {
             // The run ended while the call ran; nothing to report.
-            None => return Ok(None),
-            Some(result) => outcome_command(task, result),
+            None => Ok(None),
+            Some(result) => {
+                self.report_call(&task.run, outcome_command(task, result))
+                    .await
+            }
+        }
+    }
+
+    /// Records a call's outcome in one append with the run's contract: the
+    /// built-in steps it made ready follow it, and then the claim (and
+    /// charge) of the next call, which this worker runs at once (not while
+    /// the process stops); the contract is closed there if the run ends.
+    async fn report_call(&self, run: &RunId, command: RunCommand) -> anyhow::Result<Option<Next>> {
+        let claim_next = !*self.stopping.borrow();
+        let _appending = self.in_hand.appending(run);
+        let decide = |contract: &Contract, state: &Run| {
+            let mut run_events = state.decide(run, &command).map_err(Refusal::Run)?;
+            let mut contract_events = Vec::new();
+            // A repeated report records nothing, and so adds nothing.
+            let (chained, claimed) = if run_events.is_empty() {
+                (0, None)
+            } else {
+                self.complete_and_claim(
+                    run,
+                    (contract, state),
+                    (&mut contract_events, &mut run_events),
+                    true,
+                    claim_next,
+                )
+            };
+            Ok::<_, Refusal>(Joint {
+                first: contract_events,
+                second: run_events,
+                value: (chained, claimed),
+            })
         };
-        self.report(&task.run, command).await
+        let outcome = self
+            .handler
+            .handle_together::<Contract, Run, _, _>(
+                (run, &meta(run, Contract::KIND)),
+                (run, &meta(run, Run::KIND)),
+                decide,
+            )
+            .await;
+        match outcome {
+            Ok(outcome) => {
+                let (chained, claimed) = outcome.value;
+                metrics::counter!("charter_engine_steps_in_one_append_total").increment(chained);
+                let next = match claimed {
+                    Some(step) => {
+                        metrics::counter!("charter_engine_calls_claimed_with_outcome_total")
+                            .increment(1);
+                        Some(Next::Claimed(Box::new(step)))
+                    }
+                    None => self.take_next(run).map(Next::Task),
+                };
+                self.feed.send(run, &outcome.second, &Actor::system());
+                Ok(next)
+            }
+            Err(CommandError::Rejected(Refusal::Run(rejection)))
+                if superseded(&CommandError::Rejected(rejection.clone())) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(anyhow::anyhow!("recording a node's outcome: {error}")),
+        }
     }
 }
 
@@ -884,5 +1136,37 @@ fn outcome_command(task: &Task, result: Result<Success, Failure>) -> RunCommand 
             },
             now: now_ms(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> RunId {
+        RunId::new(charter_domain::OrgName::parse("acme").unwrap())
+    }
+
+    #[test]
+    fn the_driver_hears_again_of_a_run_it_deferred_once_its_appends_end() {
+        let in_hand = InHand::default();
+        let mut returned = in_hand.returned.lock().unwrap().take().unwrap();
+        let (busy, other) = (run(), run());
+        let first = in_hand.appending(&busy);
+        let second = in_hand.appending(&busy);
+        assert!(in_hand.defers(&busy));
+        assert!(!in_hand.defers(&other), "no append to that run");
+        drop(first);
+        assert!(in_hand.defers(&busy), "one append still under way");
+        assert!(
+            returned.try_recv().is_err(),
+            "told before the last append ended"
+        );
+        drop(second);
+        assert!(!in_hand.defers(&busy));
+        assert_eq!(returned.try_recv().map(|(run, _)| run), Ok(busy.clone()));
+        // An append the driver did not wait for tells it nothing.
+        drop(in_hand.appending(&busy));
+        assert!(returned.try_recv().is_err());
     }
 }
