@@ -313,3 +313,50 @@ async fn postgres_and_jetstream_end_to_end() {
     assert!(server.signal_and_wait("TERM").success());
     drop(Arc::new(store));
 }
+
+/// A server started on a long log is not ready until its access index has
+/// replayed it: until then `/readyz` answers 503 `catching_up` (it would
+/// decide on facts older than what it already stored), then 200, and the
+/// log says when it caught up. (The 503 itself is pinned down by the
+/// handler's own test: a local log replays too fast to be caught at it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_access_index_to_catch_up() {
+    let dir = TempDir::new();
+    let output = charter_command(&dir.0)
+        .args(["bench", "append", "--writers", "1", "--batch", "1000"])
+        .args(["--events", "100000"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut server = Server::start(charter_command(&dir.0));
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut waited = 0;
+    loop {
+        let ready = http.get(server.url("/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert_eq!(ready.status(), 503);
+        let problem: Value = ready.json().await.unwrap();
+        assert_eq!(problem["code"], "catching_up", "{problem}");
+        assert!(
+            problem["details"]["at"].as_u64() < problem["details"]["head"].as_u64(),
+            "{problem}"
+        );
+        waited += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never caught up: {problem}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Ready once the index was through the log's head at the start.
+    let log = server.log();
+    let caught = log
+        .lines()
+        .find(|line| line.contains("the access index caught up with the log"))
+        .unwrap_or_else(|| panic!("no catch-up line after {waited} waits:\n{log}"));
+    assert!(!caught.contains("position=0 "), "{caught}");
+    assert!(server.signal_and_wait("TERM").success());
+}

@@ -166,17 +166,30 @@ impl Application {
                 tokio::spawn(runner.run(wait_for_stop(stopped.clone())))
             })
             .collect();
+        // Where the log stood as this process started: the in-memory
+        // followers (the access index, the run driver) replay it first.
+        let head_at_start = self.store.head().await.unwrap_or_default();
         let access = Arc::new(AccessIndex::new());
+        let caught_up = {
+            let mut visible = access.visible();
+            let started = std::time::Instant::now();
+            tokio::spawn(async move {
+                if visible.wait_for(|at| *at >= head_at_start).await.is_ok() {
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        position = %head_at_start,
+                        "the access index caught up with the log"
+                    );
+                }
+            });
+            (access.visible(), head_at_start)
+        };
         let access_task = tokio::spawn(
             Arc::clone(&access).follow(Arc::clone(&self.store), wait_for_stop(stopped.clone())),
         );
         let handler = CommandHandler::new(Arc::clone(&self.store));
         // Other processes' appends make cached aggregate states stale.
-        let cache_task = tokio::spawn(
-            handler
-                .clone()
-                .follow_log(self.store.head().await.unwrap_or_default()),
-        );
+        let cache_task = tokio::spawn(handler.clone().follow_log(head_at_start));
         let queue: Arc<dyn crate::engine::queue::TaskQueue> = match &self.config.nats_url {
             Some(url) => {
                 let client = async_nats::ConnectOptions::new()
@@ -234,6 +247,7 @@ impl Application {
         );
         let app = router(AppState {
             store: Arc::clone(&self.store),
+            caught_up: Some(caught_up),
         })
         .merge(crate::rest::router(
             Arc::clone(&gateway),

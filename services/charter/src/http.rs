@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use charter_commands::EventStore;
+use charter_commands::{EventStore, Position};
 use charter_domain::{ErrorClass, ErrorCode};
 use serde_json::json;
 
@@ -17,6 +17,10 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
+    /// How far the in-memory access index has applied the log, and the
+    /// log's head when the process started: until the index is there, it
+    /// would decide on stale facts, and the process is not ready.
+    pub caught_up: Option<(tokio::sync::watch::Receiver<Position>, Position)>,
 }
 
 /// The status each class of error answers with.
@@ -158,6 +162,21 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.check_ready().await {
         Ok(()) => {
+            if let Some((visible, head)) = &state.caught_up {
+                let at = *visible.borrow();
+                if at < *head {
+                    return Problem {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        code: "catching_up".into(),
+                        detail: format!(
+                            "the access index is catching up with the log: at position {at}, \
+                             the log was at {head} when the process started"
+                        ),
+                        details: Some(Box::new(json!({"at": at.0, "head": head.0}))),
+                    }
+                    .into_response();
+                }
+            }
             axum::Json(json!({"status": "ready", "store": state.store.backend()})).into_response()
         }
         Err(error) => {
@@ -192,4 +211,33 @@ async fn not_found() -> Response {
         details: None,
     }
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_ready_until_the_access_index_reaches_the_head_at_start() {
+        let file = charter_testkit::ScratchFile::new("readyz");
+        let store = charter_commands::store::connect(&file.url(), Default::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let (index, visible) = tokio::sync::watch::channel(Position(5));
+        let state = AppState {
+            store,
+            caught_up: Some((visible, Position(9))),
+        };
+        let response = readyz(State(state.clone())).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "catching_up", "{problem}");
+        assert_eq!(problem["details"], json!({"at": 5, "head": 9}));
+        index.send_replace(Position(9));
+        assert_eq!(readyz(State(state)).await.status(), StatusCode::OK);
+    }
 }
