@@ -8,6 +8,7 @@
 //! production path) and on the embedded default.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use charter_tests::TempDir;
@@ -52,62 +53,100 @@ fn executions(path: &std::path::Path) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The nodes with a `NodeSucceeded` in the log, as `org:run/node`.
-fn succeeded_in_log(env: &Env) -> BTreeSet<String> {
+/// The log's node events: each one's type and node, as `org:run/node`.
+fn node_events(env: &Env) -> Vec<(String, String)> {
     let output = env.cli(&["events"]);
     assert!(output.status.success(), "{output:?}");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e["event_type"] == "NodeSucceeded")
-        .map(|e| {
-            let stream = e["stream_id"].as_str().unwrap_or_default();
-            let run = stream.strip_prefix("workflow_run-").unwrap_or(stream);
-            format!(
-                "{run}/{}",
-                e["payload"]["node"].as_str().unwrap_or_default()
-            )
+        .filter_map(|e| {
+            let run = e["stream_id"].as_str()?.strip_prefix("workflow_run-")?;
+            let node = e["payload"]["node"].as_str()?;
+            Some((
+                e["event_type"].as_str()?.to_owned(),
+                format!("{run}/{node}"),
+            ))
         })
         .collect()
 }
 
-async fn scenario(mut env: Env) {
-    let root = env.token("root", "1h");
-    let steps = env.dir.0.join("steps.log");
-    let (status, body) = env.apply(&root, ACME, "").await;
+/// The nodes of these types in the log, as `org:run/node`.
+fn nodes_in_log(env: &Env, types: &[&str]) -> BTreeSet<String> {
+    node_events(env)
+        .into_iter()
+        .filter(|(kind, _)| types.contains(&kind.as_str()))
+        .map(|(_, node)| node)
+        .collect()
+}
+
+/// The org, a process tool that logs each call's key to `steps` (approved)
+/// and a workflow calling it.
+async fn set_up(env: &Env, root: &str, tool: &str, name: &str, flow: &str, steps: &Path) {
+    let (status, body) = env.apply(root, ACME, "").await;
     assert_eq!(status, 200, "{body}");
-    let tool = CHAIN.replace("STEPS_PATH", steps.to_str().unwrap());
-    let (status, body) = env.apply(&root, &tool, "").await;
+    let tool = tool.replace("STEPS_PATH", steps.to_str().unwrap());
+    let (status, body) = env.apply(root, &tool, "").await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = env
         .call(
             Method::POST,
-            "/v1/orgs/acme/tools/test.step/versions/1/approve",
-            Some(&root),
+            &format!("/v1/orgs/acme/tools/{name}/versions/1/approve"),
+            Some(root),
             None,
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = env.apply(&root, FLOW, "").await;
+    let (status, body) = env.apply(root, flow, "").await;
     assert_eq!(status, 200, "{body}");
+}
 
+/// Starts `count` runs of a workflow; their ids.
+async fn start_runs(env: &Env, root: &str, workflow: &str, count: usize) -> Vec<String> {
     let mut runs = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..count {
         let (status, started) = env
             .call(
                 Method::POST,
-                "/v1/orgs/acme/workflows/chain/runs",
-                Some(&root),
+                &format!("/v1/orgs/acme/workflows/{workflow}/runs"),
+                Some(root),
                 Some(("application/json", json!({"input": {}}).to_string())),
             )
             .await;
         assert_eq!(status, 200, "{started}");
         runs.push(started["id"].as_str().unwrap().to_owned());
     }
+    runs
+}
+
+/// Waits until every run has ended, and checks it succeeded.
+async fn all_succeed(env: &Env, root: &str, runs: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    for id in runs {
+        loop {
+            let (status, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), root).await;
+            if status == 200 && run["status"] != "running" {
+                assert_eq!(run["status"], "succeeded", "{run}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not complete: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn scenario(mut env: Env) {
+    let root = env.token("root", "1h");
+    let steps = env.dir.0.join("steps.log");
+    set_up(&env, &root, CHAIN, "test.step", FLOW, &steps).await;
+    let runs = start_runs(&env, &root, "chain", 8).await;
     // Let some nodes finish and others be in flight, then crash.
     tokio::time::sleep(Duration::from_millis(900)).await;
     env.server.signal_and_wait("KILL");
-    let done_before = succeeded_in_log(&env);
+    let done_before = nodes_in_log(&env, &["NodeSucceeded"]);
     // Tools started before the crash may still be finishing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ran_before = executions(&steps);
@@ -121,21 +160,7 @@ async fn scenario(mut env: Env) {
     );
 
     env.restart();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for id in &runs {
-        loop {
-            let (status, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), &root).await;
-            if status == 200 && run["status"] != "running" {
-                assert_eq!(run["status"], "succeeded", "{run}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} did not complete: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    all_succeed(&env, &root, &runs, Duration::from_secs(90)).await;
 
     let ran_after = executions(&steps);
     for key in &done_before {
@@ -211,65 +236,11 @@ spec:
     - {name: b, needs: [a], tool: test.slow}
 "#;
 
-/// Nodes claimed (`NodeStarted`) and nodes ended (succeeded or failed) in
-/// the log, as `org:run/node`.
-fn claimed_and_ended(env: &Env) -> (BTreeSet<String>, BTreeSet<String>) {
-    let output = env.cli(&["events"]);
-    assert!(output.status.success(), "{output:?}");
-    let (mut claimed, mut ended) = (BTreeSet::new(), BTreeSet::new());
-    for event in String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-    {
-        let stream = event["stream_id"].as_str().unwrap_or_default();
-        let Some(run) = stream.strip_prefix("workflow_run-") else {
-            continue;
-        };
-        let key = format!(
-            "{run}/{}",
-            event["payload"]["node"].as_str().unwrap_or_default()
-        );
-        match event["event_type"].as_str() {
-            Some("NodeStarted") => claimed.insert(key),
-            Some("NodeSucceeded" | "NodeFailed") => ended.insert(key),
-            _ => false,
-        };
-    }
-    (claimed, ended)
-}
-
 async fn stopping(mut env: Env) {
     let root = env.token("root", "1h");
     let steps = env.dir.0.join("steps.log");
-    let (status, body) = env.apply(&root, ACME, "").await;
-    assert_eq!(status, 200, "{body}");
-    let tool = SLOW.replace("STEPS_PATH", steps.to_str().unwrap());
-    let (status, body) = env.apply(&root, &tool, "").await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = env
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/tools/test.slow/versions/1/approve",
-            Some(&root),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = env.apply(&root, SLOW_FLOW, "").await;
-    assert_eq!(status, 200, "{body}");
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let (status, started) = env
-            .call(
-                Method::POST,
-                "/v1/orgs/acme/workflows/slow/runs",
-                Some(&root),
-                Some(("application/json", json!({"input": {}}).to_string())),
-            )
-            .await;
-        assert_eq!(status, 200, "{started}");
-        runs.push(started["id"].as_str().unwrap().to_owned());
-    }
+    set_up(&env, &root, SLOW, "test.slow", SLOW_FLOW, &steps).await;
+    let runs = start_runs(&env, &root, "slow", 3).await;
     // Every run's first call is under way.
     let deadline = Instant::now() + Duration::from_secs(30);
     while executions(&steps).len() < runs.len() {
@@ -281,28 +252,15 @@ async fn stopping(mut env: Env) {
 
     // Each call that was claimed before the stop ended and is on record:
     // none is left to wait for its lease (a minute here).
-    let (claimed, ended) = claimed_and_ended(&env);
+    let claimed = nodes_in_log(&env, &["NodeStarted"]);
+    let ended = nodes_in_log(&env, &["NodeSucceeded", "NodeFailed"]);
     for id in &runs {
         assert!(claimed.contains(&format!("acme:{id}/a")), "{claimed:?}");
     }
     assert_eq!(claimed, ended, "calls left unrecorded by the stop");
 
     env.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for id in &runs {
-        loop {
-            let (status, run) = env.get(&format!("/v1/orgs/acme/runs/{id}"), &root).await;
-            if status == 200 && run["status"] != "running" {
-                assert_eq!(run["status"], "succeeded", "{run}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} did not complete after the restart: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    all_succeed(&env, &root, &runs, Duration::from_secs(30)).await;
     // Nothing ran twice.
     let ran = executions(&steps);
     for id in &runs {

@@ -810,28 +810,26 @@ impl Worker {
 
         // 1. The starter's authorization for this tool version.
         let (authorization, forbidden) = self.authorize(state, org, pinned, &input);
-        let idempotency_key = state.idempotency_key(&task.node);
-        let scopes: Vec<String> = state.plan.spec.scopes.iter().cloned().collect();
-        let call = Call {
-            org,
-            tool: &pinned.name,
-            spec: &tool_spec,
-            input: &input,
-            idempotency_key: &idempotency_key,
-            scopes: &scopes,
+        let step = ClaimedStep {
+            task: task.clone(),
+            tool: pinned.name.clone(),
+            spec: tool_spec,
+            input,
+            idempotency_key: state.idempotency_key(&task.node),
+            scopes: state.plan.spec.scopes.iter().cloned().collect(),
         };
         // 3. The input schema (pure; recorded only when the contract
         // admits the call).
-        let input_check = self.executor.check_input(&call);
+        let input_check = self.executor.check_input(&step.call());
         // A built-in answers at once: its outcome is recorded with the
         // claim, in the same append.
         let inline = if forbidden.is_none() && input_check.is_ok() {
-            self.executor.call_inline(&call)
+            self.executor.call_inline(&step.call())
         } else {
             None
         };
-        let charge = charge(task, pinned, tool_spec.cost, now_ms());
-        let lease_until = now_ms() + tool_spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS;
+        let charge = charge(task, pinned, step.spec.cost, now_ms());
+        let lease_until = now_ms() + step.spec.limits.timeout.as_millis() as i64 + LEASE_GRACE_MS;
         let worker = self.id.clone();
         let now = now_ms();
         // 2. The contract, charged in the same append that claims the node
@@ -945,15 +943,7 @@ impl Worker {
         }
         drop(appending);
 
-        self.run_claimed(ClaimedStep {
-            task: task.clone(),
-            tool: pinned.name.clone(),
-            spec: tool_spec,
-            input,
-            idempotency_key,
-            scopes,
-        })
-        .await
+        self.run_claimed(step).await
     }
 
     /// Runs a call whose claim is on record, then records its outcome.
